@@ -1,0 +1,45 @@
+"""gunicorn settings for the gateway (twelve-factor: PORT, WEB_CONCURRENCY).
+
+Do not import kafka (or anything that does) at the top of this file: it runs in the master before gevent patches,
+and kafka-python captures the unpatched selector at import time. The Kafka side starts in ``post_worker_init``,
+inside each worker, after the gevent worker has patched.
+"""
+import os
+import tempfile
+
+bind = os.environ.get("GATEWAY_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gevent"
+worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "10000"))
+keepalive = 75
+control_socket_disable = True  # several gateways on one host must not fight over one socket
+# A worker blocks in post_worker_init until it owns a reply partition (reply.startup_wait_ms), so that no
+# request reaches a worker that cannot receive replies yet: leave room for that in the worker timeout.
+timeout = 60
+graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_TIMEOUT", "30"))
+accesslog = os.environ.get("GATEWAY_ACCESS_LOG") or None
+loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+
+
+def post_worker_init(worker):
+    """Runs in the worker after gevent patched and the app was loaded: start the Kafka side."""
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    worker.wsgi.extensions["gateway"].start(wait_ready=True)
+
+
+def worker_exit(server, worker):
+    """After the worker drained its HTTP requests (graceful stop/reload): leave the group, close clients."""
+    gw = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("gateway")
+    if gw is not None:
+        gw.stop()
+
+
+def child_exit(server, worker):
+    from gateway.metrics import mark_worker_dead
+
+    mark_worker_dead(worker.pid)

@@ -1,0 +1,1 @@
+"""Example services built on gateway.responder: orders, customers, basket, echo."""

@@ -1,0 +1,165 @@
+"""The ``gateway`` command.
+
+    gateway dev            broker (unless KAFKA_BOOTSTRAP_SERVERS is set) + topics + every Procfile process
+    gateway broker         run the embedded broker in the foreground
+    gateway topics         create the missing topics (reply topic and every service's request topic)
+    gateway check-config   validate the configuration and print what it defines
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .config import load_config
+from .errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config():  # noqa: ANN202
+    try:
+        return load_config()
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_check_config(_: argparse.Namespace) -> int:
+    cfg = _config()
+    print(f"brokers: {', '.join(cfg.kafka['bootstrap_servers'])}")
+    print(f"reply topic: {cfg.reply['topic']} ({cfg.reply['partitions']} partitions), group {cfg.reply['group_id']}")
+    for svc in cfg.services.values():
+        print(f"service {svc.name}: topic {svc.topic}, {'/'.join(svc.methods)}, timeout {svc.timeout_ms} ms")
+    return 0
+
+
+def cmd_topics(_: argparse.Namespace) -> int:
+    from .kafka.admin import ensure_topics, wanted_topics
+
+    cfg = _config()
+    wanted = wanted_topics(cfg)
+    actual = ensure_topics(cfg, wanted)
+    status = 0
+    for name, n in wanted.items():
+        note = "" if actual.get(name) == n else f"  (configured {n}: change it by hand)"
+        if name == cfg.reply["topic"] and actual.get(name, 0) < n:
+            status = 1
+        print(f"{name}: {actual.get(name)} partitions{note}")
+    return status
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from .broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port).start()
+    print(f"embedded broker on {broker.bootstrap} (memory storage); Ctrl-C stops it", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.is_set() and broker.running:
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    broker.stop()
+    return 0
+
+
+def read_procfile(path: Path) -> list[tuple[str, str]]:
+    entries = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and ":" in line:
+            name, command = line.split(":", 1)
+            entries.append((name.strip(), command.strip()))
+    return entries
+
+
+def _pump(name: str, stream, width: int) -> None:  # noqa: ANN001
+    for raw in iter(stream.readline, b""):
+        sys.stdout.write(f"{name:<{width}} | {raw.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Everything for a local run, like ``heroku local``: broker, topics, the Procfile's processes."""
+    broker = None
+    env = dict(os.environ)
+    if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
+        from .broker import EmbeddedBroker
+
+        broker = EmbeddedBroker(port=args.broker_port).start()
+        env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+        print(f"embedded broker on {broker.bootstrap}", flush=True)
+    try:
+        return _dev(args, env)
+    finally:
+        if broker:
+            broker.stop()
+
+
+def _dev(args: argparse.Namespace, env: dict[str, str]) -> int:
+    env.setdefault("PORT", str(args.port))
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd_topics(args)
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    entries = read_procfile(ROOT / "Procfile")
+    width = max(len(n) for n, _ in entries)
+    for name, command in entries:
+        proc = subprocess.Popen(command, shell=True, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        threading.Thread(target=_pump, args=(name, proc.stdout, width), daemon=True).start()
+        procs.append((name, proc))
+    url = f"http://localhost:{env['PORT']}"
+    print(f"\ngateway on {url}  (Ctrl-C stops everything)\ntry:\n"
+          f"  curl -s -X POST {url}/orders -H 'Content-Type: application/json' "
+          "-d '{\"customer_id\": \"c-1\", \"items\": [{\"sku\": \"apple\", \"quantity\": 2}]}'\n"
+          f"  curl -s {url}/echo/hello?x=1\n", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.is_set() and all(p.poll() is None for _, p in procs):
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    for name, proc in procs:
+        if proc.poll() is not None:
+            print(f"{name} exited with {proc.returncode}; stopping the rest", flush=True)
+    for _, proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 35
+    for _, proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="REST request-response gateway for Kafka")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("dev", help="run broker + topics + Procfile processes")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (PORT overrides)")
+    p.add_argument("--broker-port", type=int, default=9092)
+    p.set_defaults(func=cmd_dev)
+    p = sub.add_parser("broker", help="run the embedded broker")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(func=cmd_broker)
+    sub.add_parser("topics", help="create missing topics").set_defaults(func=cmd_topics)
+    sub.add_parser("check-config", help="validate the configuration").set_defaults(func=cmd_check_config)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""Configuration: one marshmallow schema, unknown keys rejected, units in names, env overrides on top.
+
+The file is TOML (``conf/gateway.toml`` unless ``GATEWAY_CONFIG`` names another). Environment variables override
+it, twelve-factor style, so a Procfile deployment needs no file edits:
+
+``KAFKA_BOOTSTRAP_SERVERS``  kafka.bootstrap_servers (comma-separated host:port)
+``KAFKA_URL``                Heroku's form (``kafka+ssl://h1:9096,kafka+ssl://h2:9096``), used when the above is unset;
+                             with ``KAFKA_TRUSTED_CERT``, ``KAFKA_CLIENT_CERT``, ``KAFKA_CLIENT_CERT_KEY`` (PEM text)
+``GATEWAY_REPLY_PARTITIONS`` reply.partitions
+``PORT``, ``WEB_CONCURRENCY`` are read by ``conf/gunicorn.conf.py``.
+
+Every error names the key and says what to change; :func:`load_config` raises :class:`ConfigError`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "conf" / "gateway.toml"
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+RESERVED_NAMES = ("healthz", "readyz", "metrics", "ws", "requests", "static")
+_TOPIC_RE = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+_SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class KafkaSchema(_Strict):
+    """Kafka client settings shared by the producer and the reply consumer (kafka-python names)."""
+
+    bootstrap_servers = fields.List(fields.String(), load_default=["localhost:9092"],
+                                    metadata={"doc": "Brokers to bootstrap from (host:port)."})
+    client_id = fields.String(load_default="kafka-rest-gateway", metadata={"doc": "Client id sent to the broker."})
+    security_protocol = fields.String(load_default="PLAINTEXT",
+                                      validate=validate.OneOf(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+                                      metadata={"doc": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."})
+    sasl_mechanism = fields.String(load_default=None, allow_none=True,
+                                   validate=validate.OneOf(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+                                   metadata={"doc": "SASL mechanism when security_protocol is SASL_*."})
+    sasl_plain_username = fields.String(load_default=None, allow_none=True, metadata={"doc": "SASL user name."})
+    sasl_plain_password = fields.String(load_default=None, allow_none=True,
+                                        metadata={"doc": "SASL password (never logged)."})
+    ssl_cafile = fields.String(load_default=None, allow_none=True, metadata={"doc": "CA bundle (PEM file)."})
+    ssl_certfile = fields.String(load_default=None, allow_none=True, metadata={"doc": "Client certificate (PEM)."})
+    ssl_keyfile = fields.String(load_default=None, allow_none=True, metadata={"doc": "Client key (PEM)."})
+    session_timeout_ms = fields.Integer(load_default=10000, validate=validate.Range(min=1000),
+                                        metadata={"doc": "Reply-consumer group session timeout."})
+    heartbeat_interval_ms = fields.Integer(load_default=3000, validate=validate.Range(min=100),
+                                           metadata={"doc": "Group heartbeat interval; below session_timeout_ms/2."})
+    fetch_max_wait_ms = fields.Integer(load_default=10, validate=validate.Range(min=1, max=5000),
+                                       metadata={"doc": "Fetch long-poll wait: bounds reply latency on brokers that "
+                                                        "do not wake waiting fetches."})
+    request_timeout_ms = fields.Integer(load_default=5000, validate=validate.Range(min=100),
+                                        metadata={"doc": "Kafka request timeout."})
+    max_block_ms = fields.Integer(load_default=2000, validate=validate.Range(min=0),
+                                  metadata={"doc": "How long a send may block on metadata or a full buffer before "
+                                                   "the request fails with 503."})
+    metadata_max_age_ms = fields.Integer(load_default=10000, validate=validate.Range(min=1000),
+                                         metadata={"doc": "Metadata refresh period."})
+    linger_ms = fields.Integer(load_default=0, validate=validate.Range(min=0, max=1000),
+                               metadata={"doc": "Producer linger; 0 sends at once (lowest latency)."})
+    acks = fields.Raw(load_default=1, validate=validate.OneOf([0, 1, -1, "all"]),
+                      metadata={"doc": "Producer acks for request records: 0, 1 or all."})
+    compression_type = fields.String(load_default=None, allow_none=True,
+                                     validate=validate.OneOf(["gzip", "snappy", "lz4", "zstd"]),
+                                     metadata={"doc": "Producer compression (none by default)."})
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if data["heartbeat_interval_ms"] * 2 > data["session_timeout_ms"]:
+            raise ValidationError(
+                f"heartbeat_interval_ms ({data['heartbeat_interval_ms']}) must be at most half of session_timeout_ms "
+                f"({data['session_timeout_ms']}); lower the heartbeat or raise the session timeout",
+                "heartbeat_interval_ms")
+        if data["security_protocol"].startswith("SASL") and not data.get("sasl_mechanism"):
+            raise ValidationError(f"security_protocol {data['security_protocol']} needs sasl_mechanism "
+                                  "(PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)", "sasl_mechanism")
+        for server in data["bootstrap_servers"]:
+            if not re.match(r"^[^:\s/]+:\d{1,5}$", server):
+                raise ValidationError(f"{server!r} is not host:port (e.g. localhost:9092)", "bootstrap_servers")
+
+
+class ReplySchema(_Strict):
+    """The shared reply topic and the gateway's consumer group on it."""
+
+    topic = fields.String(load_default="gateway.replies", validate=validate.Regexp(_TOPIC_RE),
+                          metadata={"doc": "The one reply topic all gateway workers share."})
+    partitions = fields.Integer(load_default=32, validate=validate.Range(min=1, max=1024),
+                                metadata={"doc": "Reply partitions: at least the total number of gateway workers "
+                                                 "of all instances, or some worker owns none and stays not-ready."})
+    group_id = fields.String(load_default="kafka-rest-gateway", validate=validate.Length(min=1),
+                             metadata={"doc": "Consumer group of the gateway workers on the reply topic."})
+    startup_wait_ms = fields.Integer(load_default=20000, validate=validate.Range(min=0),
+                                     metadata={"doc": "How long a starting worker waits to own a reply partition "
+                                                      "before it starts serving anyway (and reports not-ready)."})
+
+
+class LimitsSchema(_Strict):
+    max_body_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=0),
+                                    metadata={"doc": "Largest request body accepted (413 above)."})
+    max_in_flight = fields.Integer(load_default=10000, validate=validate.Range(min=1),
+                                   metadata={"doc": "Requests waiting for a reply per worker (503 + Retry-After "
+                                                    "above)."})
+    default_timeout_ms = fields.Integer(load_default=10000, validate=validate.Range(min=1),
+                                        metadata={"doc": "Reply deadline for services that set none."})
+
+
+class KeySchema(_Strict):
+    """Where the request record's Kafka key comes from (so one entity's requests stay in order)."""
+
+    source = fields.String(required=True, validate=validate.OneOf(["path", "json", "header"]),
+                           metadata={"doc": "path segment, top-level JSON field, or request header."})
+    segment = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0),
+                             metadata={"doc": "source=path: index into the path's segments (/orders/42: 0=orders, "
+                                              "1=42)."})
+    field = fields.String(load_default=None, allow_none=True, metadata={"doc": "source=json: field name."})
+    header = fields.String(load_default=None, allow_none=True, metadata={"doc": "source=header: header name."})
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        needed = {"path": "segment", "json": "field", "header": "header"}[data["source"]]
+        if data.get(needed) is None:
+            raise ValidationError(f"key source {data['source']!r} needs {needed!r}", needed)
+
+
+class ServiceSchema(_Strict):
+    topic = fields.String(required=True, validate=validate.Regexp(_TOPIC_RE),
+                          metadata={"doc": "The service's request topic."})
+    partitions = fields.Integer(load_default=4, validate=validate.Range(min=1, max=1024),
+                                metadata={"doc": "Partitions `gateway topics` creates the request topic with."})
+    timeout_ms = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1),
+                                metadata={"doc": "Reply deadline (default limits.default_timeout_ms)."})
+    methods = fields.List(fields.String(validate=validate.OneOf(HTTP_METHODS)),
+                          load_default=["GET", "POST", "PUT", "PATCH", "DELETE"], validate=validate.Length(min=1),
+                          metadata={"doc": "HTTP methods the service accepts (405 otherwise)."})
+    content_types = fields.List(fields.String(), load_default=["application/json"],
+                                metadata={"doc": "Request content types accepted for bodies (415 otherwise); "
+                                                 "'*/*' accepts any."})
+    key = fields.Nested(KeySchema, load_default=None, allow_none=True,
+                        metadata={"doc": "Optional request record key."})
+    reply_content_type = fields.String(load_default="application/json",
+                                       metadata={"doc": "Content type of replies that carry none."})
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        key = data.get("key")
+        if key and key["source"] == "json":
+            if "application/json" not in data["content_types"] and "*/*" not in data["content_types"]:
+                raise ValidationError("key from a JSON field needs 'application/json' in content_types", "key")
+            if not set(data["methods"]) & {"POST", "PUT", "PATCH"}:
+                raise ValidationError("key from a JSON field needs a method with a body (POST, PUT or PATCH)", "key")
+
+
+class HttpSchema(_Strict):
+    forward_request_headers = fields.List(
+        fields.String(), load_default=["accept", "accept-language", "user-agent", "x-request-id", "idempotency-key",
+                                       "if-match", "if-none-match"],
+        metadata={"doc": "Request headers copied onto the request record (lower case). traceparent/tracestate "
+                         "always are. Authorization is not, unless listed."})
+    forward_response_headers = fields.List(
+        fields.String(), load_default=["location", "etag", "cache-control", "last-modified", "retry-after",
+                                       "x-request-id", "content-language"],
+        metadata={"doc": "Reply headers copied onto the HTTP response."})
+
+
+class GatewaySchema(_Strict):
+    kafka = fields.Nested(KafkaSchema, load_default=lambda: KafkaSchema().load({}))
+    reply = fields.Nested(ReplySchema, load_default=lambda: ReplySchema().load({}))
+    limits = fields.Nested(LimitsSchema, load_default=lambda: LimitsSchema().load({}))
+    http = fields.Nested(HttpSchema, load_default=lambda: HttpSchema().load({}))
+    services = fields.Dict(keys=fields.String(), values=fields.Nested(ServiceSchema), required=True)
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if not data["services"]:
+            raise ValidationError("define at least one service under [services.<name>]", "services")
+        topics: dict[str, str] = {}
+        for name, svc in data["services"].items():
+            if not _SERVICE_RE.match(name) or name in RESERVED_NAMES:
+                raise ValidationError(
+                    f"service name {name!r} must be lower-case letters, digits, '-' or '_' and not one of "
+                    f"{', '.join(RESERVED_NAMES)}", "services")
+            if svc["topic"] == data["reply"]["topic"]:
+                raise ValidationError(f"service {name!r} uses the reply topic {svc['topic']!r} as its request "
+                                      "topic; give it its own topic", "services")
+            if svc["topic"] in topics:
+                raise ValidationError(f"services {topics[svc['topic']]!r} and {name!r} share request topic "
+                                      f"{svc['topic']!r}; give each its own", "services")
+            topics[svc["topic"]] = name
+
+    @post_load
+    def _build(self, data: dict[str, Any], **_: Any) -> "Config":
+        services = {}
+        for name, s in data["services"].items():
+            s = dict(s)
+            s["timeout_ms"] = s["timeout_ms"] or data["limits"]["default_timeout_ms"]
+            s["methods"] = tuple(m.upper() for m in s["methods"])
+            services[name] = ServiceConfig(name=name, **s)
+        return Config(kafka=data["kafka"], reply=data["reply"], limits=data["limits"],
+                      http={k: tuple(h.lower() for h in v) for k, v in data["http"].items()}, services=services)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    topic: str
+    partitions: int
+    timeout_ms: int
+    methods: tuple[str, ...]
+    content_types: list[str]
+    key: dict[str, Any] | None
+    reply_content_type: str
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka: dict[str, Any]
+    reply: dict[str, Any]
+    limits: dict[str, Any]
+    http: dict[str, tuple[str, ...]]
+    services: dict[str, ServiceConfig]
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Connection settings common to every kafka-python client."""
+        k = self.kafka
+        kwargs = {"bootstrap_servers": list(k["bootstrap_servers"]), "client_id": k["client_id"],
+                  "security_protocol": k["security_protocol"], "request_timeout_ms": k["request_timeout_ms"],
+                  "metadata_max_age_ms": k["metadata_max_age_ms"]}
+        for opt in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "ssl_cafile", "ssl_certfile",
+                    "ssl_keyfile"):
+            if k.get(opt):
+                kwargs[opt] = k[opt]
+        return kwargs
+
+
+def _flatten_errors(messages: Any, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            path = f"{prefix}.{key}" if prefix and key != "_schema" else (prefix or str(key))
+            out.extend(_flatten_errors(value, path))
+    elif isinstance(messages, list):
+        for m in messages:
+            out.extend(_flatten_errors(m, prefix))
+    else:
+        text = str(messages)
+        if text == "Unknown field.":
+            text = "unknown key; remove it or check its spelling (see the configuration table in the README)"
+        out.append(f"{prefix}: {text}")
+    return out
+
+
+def _heroku_kafka(env: Mapping[str, str], kafka: dict[str, Any]) -> None:
+    urls = [u.strip() for u in env["KAFKA_URL"].split(",") if u.strip()]
+    kafka["bootstrap_servers"] = [re.sub(r"^[a-z+]+://", "", u) for u in urls]
+    if any(u.startswith("kafka+ssl://") for u in urls):
+        kafka["security_protocol"] = "SSL"
+        pem_dir = Path(tempfile.mkdtemp(prefix="gateway-kafka-"))
+        for var, opt in (("KAFKA_TRUSTED_CERT", "ssl_cafile"), ("KAFKA_CLIENT_CERT", "ssl_certfile"),
+                         ("KAFKA_CLIENT_CERT_KEY", "ssl_keyfile")):
+            if env.get(var):
+                path = pem_dir / f"{opt}.pem"
+                path.write_text(env[var])
+                path.chmod(0o600)
+                kafka[opt] = str(path)
+
+
+def apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Environment overrides on top of the file's dict (before validation, so they are validated too)."""
+    raw = dict(raw)
+    kafka = dict(raw.get("kafka") or {})
+    if env.get("KAFKA_BOOTSTRAP_SERVERS"):
+        kafka["bootstrap_servers"] = [s.strip() for s in env["KAFKA_BOOTSTRAP_SERVERS"].split(",") if s.strip()]
+    elif env.get("KAFKA_URL"):
+        _heroku_kafka(env, kafka)
+    if kafka:
+        raw["kafka"] = kafka
+    if env.get("GATEWAY_REPLY_PARTITIONS"):
+        reply = dict(raw.get("reply") or {})
+        try:
+            reply["partitions"] = int(env["GATEWAY_REPLY_PARTITIONS"])
+        except ValueError:
+            raise ConfigError(f"GATEWAY_REPLY_PARTITIONS={env['GATEWAY_REPLY_PARTITIONS']!r} is not a whole number")
+        raw["reply"] = reply
+    return raw
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> Config:
+    try:
+        return GatewaySchema().load(dict(raw))
+    except ValidationError as exc:
+        lines = "\n  ".join(_flatten_errors(exc.messages))
+        raise ConfigError(f"invalid {source}:\n  {lines}") from None
+
+
+def config_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file, apply environment overrides, validate. Raises :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    path = Path(path) if path else config_path(env)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; set GATEWAY_CONFIG to the path of your gateway.toml") \
+            from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse_config(apply_env(raw, env), str(path))
+
+
+def schema_docs() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) for every setting: the README's configuration table is tested against it."""
+    rows = []
+    for section, schema in (("kafka", KafkaSchema), ("reply", ReplySchema), ("limits", LimitsSchema),
+                            ("http", HttpSchema), ("services.<name>", ServiceSchema),
+                            ("services.<name>.key", KeySchema)):
+        for name, field in schema().fields.items():
+            default = "required" if field.required else field.load_default
+            rows.append((f"{section}.{name}", type(field).__name__, repr(default) if not callable(default) else "",
+                         field.metadata.get("doc", "")))
+    return rows

@@ -1,0 +1,1 @@
+"""Flask blueprints: the service proxy and the ops endpoints."""

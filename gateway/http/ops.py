@@ -1,0 +1,25 @@
+"""Ops endpoints: liveness, readiness (per worker), Prometheus metrics (all workers)."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from .. import current_gateway, metrics
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    state = current_gateway().readiness()
+    return jsonify(state), 200 if state["ready"] else 503
+
+
+@bp.get("/metrics")
+def prometheus() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)

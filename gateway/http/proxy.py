@@ -1,0 +1,113 @@
+"""The request path: ``/<service>/<path...>`` -> one request record -> wait for the reply -> HTTP response."""
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, request
+from werkzeug.exceptions import HTTPException
+
+from .. import current_gateway, metrics
+from ..errors import GatewayError, MalformedJSON, MethodNotAllowed, UnknownService, UnsupportedMediaType
+
+if TYPE_CHECKING:
+    from ..config import ServiceConfig
+    from ..runtime import Gateway
+
+bp = Blueprint("proxy", __name__)
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
+def _forwarded_headers(gw: Gateway) -> list[tuple[str, str]]:
+    allow = gw.config.http["forward_request_headers"]
+    out = []
+    for name in (*allow, *_TRACE_HEADERS):
+        value = request.headers.get(name)
+        if value is not None:
+            out.append((name, value))
+    return out
+
+
+def _record_key(svc: ServiceConfig, parsed: Any) -> bytes | None:
+    spec = svc.key
+    if spec is None:
+        return None
+    if spec["source"] == "path":
+        segments = [s for s in request.path.split("/") if s]
+        idx = spec["segment"]
+        return segments[idx].encode() if idx < len(segments) else None
+    if spec["source"] == "header":
+        value = request.headers.get(spec["header"])
+        return value.encode("latin-1") if value is not None else None
+    if isinstance(parsed, dict) and parsed.get(spec["field"]) is not None:
+        value = parsed[spec["field"]]
+        return (value if isinstance(value, str) else json.dumps(value)).encode()
+    return None
+
+
+def _validate_body(svc: ServiceConfig) -> tuple[bytes, str | None, Any]:
+    body = request.get_data(cache=False)  # werkzeug enforces MAX_CONTENT_LENGTH (413)
+    content_type = request.headers.get("Content-Type")
+    parsed = None
+    if body:
+        mimetype = request.mimetype
+        if not mimetype:
+            raise UnsupportedMediaType(f"a request body needs a Content-Type; {svc.name} accepts "
+                                       f"{', '.join(svc.content_types)}")
+        if "*/*" not in svc.content_types and mimetype not in svc.content_types:
+            raise UnsupportedMediaType(f"{svc.name} does not accept {mimetype}; send one of "
+                                       f"{', '.join(svc.content_types)}")
+        if _is_json(mimetype):
+            try:
+                parsed = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise MalformedJSON(f"the body is not valid JSON: {exc}") from None
+    return body, content_type, parsed
+
+
+@bp.route("/<service>", defaults={"rest": ""}, methods=ALL_METHODS, provide_automatic_options=False)
+@bp.route("/<service>/<path:rest>", methods=ALL_METHODS, provide_automatic_options=False)
+def proxy(service: str, rest: str) -> Response:
+    gw = current_gateway()
+    started = time.perf_counter()
+    svc = gw.config.services.get(service)
+    label = service if svc is not None else "_unknown"
+    status = 500
+    try:
+        if svc is None:
+            raise UnknownService(f"no service {service!r}; known: {', '.join(sorted(gw.config.services))}")
+        if request.method not in svc.methods:
+            raise MethodNotAllowed(f"{service} accepts {', '.join(svc.methods)}", allow=list(svc.methods))
+        body, content_type, parsed = _validate_body(svc)
+        reply = gw.call(svc, method=request.method, path=request.path,
+                        query=request.query_string.decode("latin-1"), content_type=content_type,
+                        http_headers=_forwarded_headers(gw), body=body, key=_record_key(svc, parsed))
+        status = reply.status
+        response = Response(reply.body, status=reply.status,
+                            content_type=reply.content_type or svc.reply_content_type)
+        allowed = gw.config.http["forward_response_headers"]
+        for name, value in reply.headers:
+            if name in allowed:
+                response.headers.add(name, value)
+        response.headers["X-Correlation-Id"] = reply.correlation_id.hex()
+        return response
+    except GatewayError as exc:
+        status = exc.status
+        if isinstance(exc, MethodNotAllowed):
+            from ..errors import problem_response
+            body_, code, headers = problem_response(exc)
+            headers["Allow"] = ", ".join(exc.extra["allow"])
+            return Response(body_, code, headers)
+        raise
+    except HTTPException as exc:  # 413 from werkzeug's MAX_CONTENT_LENGTH check
+        status = exc.code or 500
+        raise
+    finally:
+        metrics.REQUESTS.labels(label, str(status)).inc()
+        metrics.LATENCY.labels(label).observe(time.perf_counter() - started)

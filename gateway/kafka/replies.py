@@ -1,0 +1,210 @@
+"""The reply path: group membership decides ownership, a separate reader reads replies.
+
+Two consumers per worker, on purpose:
+
+* ``GroupMembership`` is a member of the gateway's consumer group on the reply topic. It never fetches (every
+  assigned partition is paused); it only learns which partitions this worker OWNS: those it may mint new reply
+  keys for.
+* ``ReplyReader`` has no group; it is assigned by hand to ``owned ∪ {partitions with requests still pending}``.
+
+So when a rebalance moves partition 7 from worker A to worker B, A keeps reading 7 until the last request it
+minted there is answered or expired, while B starts reading 7 from its end. Both see the replies that land on 7
+during the handover; each keeps its own (the correlation id carries the worker's tag) and counts the other's as
+``foreign``. No request in flight loses its reply, and no reply is delivered to a worker that did not send it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Callable, Iterable
+
+import gevent
+from gevent.event import Event
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+
+from .. import metrics
+from ..pending import Outcome
+from ..protocol import ProtocolError, decode_reply
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..pending import PendingTable
+    from ..routing import ReplyRouter
+
+log = logging.getLogger(__name__)
+
+
+class GroupMembership(ConsumerRebalanceListener):
+    """Group member on the reply topic that reports its assignment and fetches nothing."""
+
+    def __init__(self, config: Config, on_assigned: Callable[[set[int]], None]) -> None:
+        self.config = config
+        self.topic = config.reply["topic"]
+        self._on_assigned = on_assigned
+        self._consumer: KafkaConsumer | None = None
+        self._greenlet: gevent.Greenlet | None = None
+        self._stopping = False
+        self.assigned: set[int] = set()
+        self._since_unassigned = time.monotonic()
+
+    def start(self) -> None:
+        k = self.config.kafka
+        self._consumer = KafkaConsumer(
+            **self.config.kafka_client_kwargs(), group_id=self.config.reply["group_id"],
+            enable_auto_commit=False, session_timeout_ms=k["session_timeout_ms"],
+            heartbeat_interval_ms=k["heartbeat_interval_ms"],
+            max_poll_interval_ms=max(30000, k["session_timeout_ms"] * 3),
+            partition_assignment_strategy=[StickyPartitionAssignor])
+        self._consumer.subscribe([self.topic], listener=self)
+        self._greenlet = gevent.spawn(self._run)
+
+    # ConsumerRebalanceListener: called inside poll(), in this greenlet
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        # Keep minting on the last assignment until the new one arrives: the reader still reads those partitions.
+        self._since_unassigned = time.monotonic()
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        parts = {tp.partition for tp in assigned if tp.topic == self.topic}
+        if self._consumer is not None and assigned:
+            self._consumer.pause(*assigned)
+        metrics.REBALANCES.inc()
+        self.assigned = parts
+        if not parts:
+            log.error("this worker owns NO reply partition of %s: it will report not-ready. Give the reply topic at "
+                      "least as many partitions as there are gateway workers in all instances (reply.partitions)",
+                      self.topic)
+        self._on_assigned(parts)
+
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        self.on_partitions_revoked(lost)
+
+    def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        stuck_after = 2 * self.config.kafka["session_timeout_ms"] / 1000
+        while not self._stopping:
+            try:
+                consumer.poll(timeout_ms=200)
+            except Exception:  # noqa: BLE001 - keep the member alive; the client reconnects by itself
+                log.exception("reply-group poll failed; retrying")
+                gevent.sleep(0.5)
+                continue
+            if consumer.assignment():
+                self._since_unassigned = time.monotonic()
+            elif time.monotonic() - self._since_unassigned > stuck_after:
+                # kafka-python sometimes stays "rebalancing" without rejoining (TANSU.md): ask again.
+                log.warning("no reply-partition assignment for %.1fs; requesting a rejoin", stuck_after)
+                consumer._coordinator.request_rejoin()  # noqa: SLF001
+                self._since_unassigned = time.monotonic()
+
+    def stop(self) -> None:
+        """Leave the group cleanly (partitions move to the other members at once, not after a session timeout)."""
+        self._stopping = True
+        if self._greenlet is not None:
+            self._greenlet.join(timeout=2)
+            self._greenlet.kill(block=False)
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False, timeout_ms=3000)
+            except Exception:  # noqa: BLE001
+                log.warning("reply-group consumer did not close cleanly", exc_info=True)
+
+
+class ReplyReader:
+    """Reads reply partitions by hand-assignment and resolves the pending table."""
+
+    def __init__(self, config: Config, pending: PendingTable, router: ReplyRouter) -> None:
+        self.config = config
+        self.topic = config.reply["topic"]
+        self.pending = pending
+        self.router = router
+        self._consumer: KafkaConsumer | None = None
+        self._greenlet: gevent.Greenlet | None = None
+        self._stopping = False
+        self._target: set[int] | None = None   # the latest group assignment, applied by the reader greenlet
+        self.reading: set[int] = set()
+        self.positioned = Event()                # set once some owned partition is positioned
+
+    def start(self) -> None:
+        k = self.config.kafka
+        self._consumer = KafkaConsumer(
+            **self.config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
+            fetch_max_wait_ms=k["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="latest",
+            max_poll_records=2000)
+        self._greenlet = gevent.spawn(self._run)
+
+    def set_target(self, owned: set[int]) -> None:
+        """New group assignment; the reader greenlet positions new partitions before keys are minted for them."""
+        self._target = set(owned)
+
+    def _apply(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        target = self._target
+        owned = set(self.router.owned) if target is None else target
+        in_use = self.pending.partitions_in_use()
+        want = owned | (self.reading & in_use)
+        if want != self.reading:
+            added = want - self.reading
+            consumer.assign([TopicPartition(self.topic, p) for p in sorted(want)])
+            if added:
+                tps = [TopicPartition(self.topic, p) for p in sorted(added)]
+                consumer.seek_to_end(*tps)
+                for tp in tps:
+                    consumer.position(tp)  # resolve the offset now, before a key for it is handed out
+            dropped = self.reading - want
+            if dropped:
+                log.info("reply partitions %s drained and released", sorted(dropped))
+            self.reading = want
+            metrics.READING_PARTITIONS.set(len(want))
+        if target is not None:
+            self._target = None
+            self.router.set_owned(target)
+            metrics.OWNED_PARTITIONS.set(len(target))
+            if target:
+                self.positioned.set()
+            else:
+                self.positioned.clear()
+
+    def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stopping:
+            try:
+                self._apply()
+                if not self.reading:
+                    gevent.sleep(0.05)
+                    continue
+                batches = consumer.poll(timeout_ms=100)
+            except Exception:  # noqa: BLE001 - the client reconnects by itself; never let the reader die
+                log.exception("reply reader poll failed; retrying")
+                gevent.sleep(0.5)
+                continue
+            for tp, records in batches.items():
+                for record in records:
+                    self._dispatch(record)
+
+    def _dispatch(self, record) -> None:  # noqa: ANN001 - kafka-python ConsumerRecord
+        try:
+            reply = decode_reply(record.value, record.headers or [], record.partition, record.offset)
+        except ProtocolError as exc:
+            log.warning("dropping reply at %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
+            metrics.REPLIES.labels("invalid").inc()
+            return
+        outcome = self.pending.resolve(reply)
+        metrics.REPLIES.labels(outcome.value).inc()
+        if outcome is Outcome.LATE or outcome is Outcome.DUPLICATE:
+            log.info("%s reply for %s dropped", outcome.value, reply.correlation_id.hex())
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._greenlet is not None:
+            self._greenlet.join(timeout=2)
+            self._greenlet.kill(block=False)
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False, timeout_ms=2000)
+            except Exception:  # noqa: BLE001
+                log.warning("reply reader did not close cleanly", exc_info=True)

@@ -1,0 +1,46 @@
+"""Prometheus metrics, correct under several gunicorn workers.
+
+When ``PROMETHEUS_MULTIPROC_DIR`` is set (``conf/gunicorn.conf.py`` sets it in the master before forking), every
+worker writes its samples to files there and ``/metrics`` sums all workers' samples, whichever worker answers
+the scrape. Without it (a single process), the default registry is used.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+REQUESTS = Counter("gateway_requests_total", "HTTP requests answered, by service and status",
+                   ["service", "status"])
+LATENCY = Histogram("gateway_request_duration_seconds", "Time from HTTP request to HTTP response, by service",
+                    ["service"], buckets=(.002, .005, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5, 5, 10, 30))
+TIMEOUTS = Counter("gateway_reply_timeouts_total", "Requests answered 504 because no reply came in time",
+                   ["service"])
+IN_FLIGHT = Gauge("gateway_in_flight", "Requests waiting for a reply", ["service"], multiprocess_mode="livesum")
+REPLIES = Counter("gateway_replies_total",
+                  "Reply records read, by outcome: delivered, late (nobody waits), duplicate, foreign (another "
+                  "worker's, read during a partition handover), invalid (breaks the wire protocol)", ["outcome"])
+PRODUCE_ERRORS = Counter("gateway_produce_errors_total", "Request records the broker did not take", ["service"])
+OWNED_PARTITIONS = Gauge("gateway_reply_partitions_owned", "Reply partitions assigned to live workers",
+                         multiprocess_mode="livesum")
+READING_PARTITIONS = Gauge("gateway_reply_partitions_read", "Reply partitions read (owned + draining)",
+                           multiprocess_mode="livesum")
+WORKERS_READY = Gauge("gateway_workers_ready", "Live workers that are ready to serve", multiprocess_mode="livesum")
+REBALANCES = Counter("gateway_rebalances_total", "Reply-group assignments received")
+
+
+def render() -> tuple[bytes, str]:
+    if MULTIPROC:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def mark_worker_dead(pid: int) -> None:
+    """gunicorn ``child_exit`` hook: drop a dead worker's live gauges."""
+    if MULTIPROC:
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,24 @@
+"""The service-side SDK: what a Python service imports to answer requests that come through the gateway.
+
+    from gateway.responder import Responder, HTTPError
+
+    svc = Responder("orders", topic="orders.requests")
+
+    @svc.route("POST", "/orders")
+    def create(req):
+        return 201, {"id": "o-1", "state": "CREATED"}
+
+    @svc.route("GET", "/orders/<order_id>")
+    def get(req, order_id):
+        raise HTTPError(404, f"no order {order_id}")
+
+    svc.run()   # until SIGTERM/SIGINT
+
+A handler returns a body (dict/list -> JSON, str -> text, bytes -> octet-stream), ``(status, body)``,
+``(status, headers, body)``, or a generator (a streaming reply: each item becomes one reply record). The SDK
+handles correlation, where to reply (topic + partition + key), deadlines (expired requests are dropped and
+counted), errors (an exception becomes a 500 problem reply, never a hung request) and graceful shutdown.
+"""
+from .app import HTTPError, Request, Responder
+
+__all__ = ["HTTPError", "Request", "Responder"]

@@ -1,0 +1,262 @@
+"""Responder: consume a service's request topic, dispatch to handlers, produce replies."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from types import GeneratorType
+from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import parse_qs
+
+from .. import protocol as P
+
+log = logging.getLogger(__name__)
+Handler = Callable[..., Any]
+
+
+class HTTPError(Exception):
+    """Raise in a handler to answer with an error status and a problem+json body."""
+
+    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.extra = extra
+
+
+@dataclass
+class Request:
+    """What a handler gets: the HTTP request as the gateway forwarded it."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+    content_type: str | None
+    correlation_id: bytes
+    deadline_ms: int | None
+    key: bytes | None = None
+    params: dict[str, str] = field(default_factory=dict)
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+    def json(self) -> Any:
+        """The body parsed as JSON; an HTTPError(400) when it is not."""
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError as exc:
+            raise HTTPError(400, f"body is not valid JSON: {exc}") from None
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    """``/orders/<order_id>`` (one segment) and ``/files/<path:rest>`` (the rest of the path)."""
+    out, pos = [], 0
+    for m in re.finditer(r"<(?:(path):)?(\w+)>", pattern):
+        out.append(re.escape(pattern[pos:m.start()]))
+        out.append(f"(?P<{m.group(2)}>{'.+' if m.group(1) else '[^/]+'})")
+        pos = m.end()
+    out.append(re.escape(pattern[pos:]))
+    return re.compile("^" + "".join(out) + "/?$")
+
+
+def _header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for k, v in headers:
+        if v is not None:
+            out.setdefault(k, v)
+    return out
+
+
+def _encode_body(body: Any) -> tuple[bytes, str | None]:
+    if body is None:
+        return b"", None
+    if isinstance(body, bytes):
+        return body, "application/octet-stream"
+    if isinstance(body, str):
+        return body.encode(), "text/plain; charset=utf-8"
+    return json.dumps(body).encode(), "application/json"
+
+
+def _problem(status: int, detail: str, **extra: Any) -> tuple[int, dict[str, str], bytes, str]:
+    body = {"title": "error", "status": status, "detail": detail, **extra}
+    return status, {}, json.dumps(body).encode(), "application/problem+json"
+
+
+class Responder:
+    """One service: routes, a consumer on its request topic, a producer for replies."""
+
+    def __init__(self, name: str, topic: str, bootstrap_servers: str | list[str] | None = None,
+                 group_id: str | None = None, **kafka_settings: Any) -> None:
+        self.name = name
+        self.topic = topic
+        servers = bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+        self.bootstrap_servers = servers.split(",") if isinstance(servers, str) else list(servers)
+        self.group_id = group_id or f"{name}-service"
+        self.kafka_settings = kafka_settings
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._stop = threading.Event()
+        self.stats = {"handled": 0, "expired": 0, "errors": 0, "invalid": 0}
+        self.ready = threading.Event()
+        self._producer: Any = None
+
+    # -- routing ---------------------------------------------------------------------------------------------
+    def route(self, method: str, pattern: str) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            self._routes.append((method.upper(), _compile(pattern), fn))
+            return fn
+        return register
+
+    def _match(self, method: str, path: str) -> tuple[Handler | None, dict[str, str], list[str]]:
+        allowed = []
+        for m, regex, fn in self._routes:
+            found = regex.match(path)
+            if found:
+                if m == method or (method == "HEAD" and m == "GET"):
+                    return fn, found.groupdict(), []
+                allowed.append(m)
+        return None, {}, allowed
+
+    # -- handling (pure: record in, reply records out; unit-testable without Kafka) ------------------------
+    def handle(self, value: bytes | None, headers: list[tuple[str, bytes | None]], key: bytes | None = None,
+               now_ms: int | None = None) -> tuple[dict[str, Any] | None, Iterator[tuple[list, bytes]]]:
+        """Returns (where to reply, iterator of (reply headers, reply value)); nothing to send: (None, empty).
+
+        The iterator is lazy so that a streaming handler's records leave as they are yielded."""
+        h = _header_map(headers)
+        corr_hex = h.get(P.H_CORRELATION_ID)
+        corr = bytes.fromhex(corr_hex.decode()) if corr_hex else h.get(P.H_SPRING_CORRELATION_ID)
+        topic = h.get(P.H_REPLY_TOPIC) or h.get(P.H_SPRING_REPLY_TOPIC)
+        if not corr or not topic:
+            self.stats["invalid"] += 1
+            log.warning("request without correlation id or reply topic dropped")
+            return None, iter(())
+        if P.H_REPLY_PARTITION in h:
+            partition: int | None = int(h[P.H_REPLY_PARTITION])
+        elif P.H_SPRING_REPLY_PARTITION in h:
+            partition = struct.unpack(">i", h[P.H_SPRING_REPLY_PARTITION])[0]
+        else:
+            partition = None
+        dest = {"topic": topic.decode(), "partition": partition, "key": h.get(P.H_REPLY_KEY)}
+        deadline = int(h[P.H_DEADLINE_MS]) if P.H_DEADLINE_MS in h else None
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        if deadline is not None and now_ms > deadline:
+            self.stats["expired"] += 1
+            return None, iter(())
+        req = Request(
+            method=h.get(P.H_METHOD, b"GET").decode(), path=h.get(P.H_PATH, b"/").decode(),
+            query=parse_qs(h.get(P.H_QUERY, b"").decode("latin-1")),
+            headers={k[len(P.HTTP_HEADER_PREFIX):]: v.decode("latin-1") for k, v in h.items()
+                     if k.startswith(P.HTTP_HEADER_PREFIX)},
+            body=value or b"", content_type=(h[P.H_CONTENT_TYPE].decode() if P.H_CONTENT_TYPE in h else None),
+            correlation_id=corr, deadline_ms=deadline, key=key)
+        return dest, self._respond(req)
+
+    def _respond(self, req: Request) -> Iterator[tuple[list, bytes]]:
+        fn, params, allowed = self._match(req.method, req.path)
+        try:
+            if fn is None:
+                if allowed:
+                    raise HTTPError(405, f"{req.method} not allowed on {req.path}; allowed: {', '.join(allowed)}")
+                raise HTTPError(404, f"{self.name} has no route for {req.method} {req.path}")
+            req.params = params
+            result = fn(req, **params)
+        except HTTPError as exc:
+            status, headers, body, ctype = _problem(exc.status, exc.detail, **exc.extra)
+            yield P.reply_headers(req.correlation_id, status, ctype, headers.items()), body
+            return
+        except Exception as exc:  # noqa: BLE001 - a handler bug must answer, not hang the client
+            self.stats["errors"] += 1
+            log.exception("handler for %s %s failed", req.method, req.path)
+            status, headers, body, ctype = _problem(500, f"{self.name} failed: {type(exc).__name__}")
+            yield P.reply_headers(req.correlation_id, status, ctype, headers.items()), body
+            return
+        self.stats["handled"] += 1
+        if isinstance(result, GeneratorType):
+            yield from self._stream(req, result)
+            return
+        status, headers, body = 200, {}, result
+        if isinstance(result, tuple):
+            if len(result) == 2:
+                status, body = result
+            elif len(result) == 3:
+                status, headers, body = result
+        data, ctype = _encode_body(body)
+        ctype = {k.lower(): v for k, v in headers.items()}.pop("content-type", ctype)
+        extra = [(k, v) for k, v in headers.items() if k.lower() != "content-type"]
+        yield P.reply_headers(req.correlation_id, status, ctype, extra), data
+
+    def _stream(self, req: Request, items: Iterator[Any]) -> Iterator[tuple[list, bytes]]:
+        seq = 0
+        try:
+            for item in items:
+                data, ctype = _encode_body(item)
+                yield P.reply_headers(req.correlation_id, 200, ctype, seq=seq, stream="more"), data
+                seq += 1
+        except Exception as exc:  # noqa: BLE001
+            self.stats["errors"] += 1
+            log.exception("stream for %s %s failed", req.method, req.path)
+            body = json.dumps({"title": "error", "status": 500, "detail": f"{type(exc).__name__}"}).encode()
+            yield P.reply_headers(req.correlation_id, 500, "application/problem+json", seq=seq,
+                                  stream="error"), body
+            return
+        yield P.reply_headers(req.correlation_id, 200, None, seq=seq, stream="end"), b""
+
+    # -- running ---------------------------------------------------------------------------------------------
+    def run(self, install_signal_handlers: bool = True) -> None:
+        """Consume until :meth:`stop` (or SIGTERM/SIGINT); commits only after the replies were acknowledged."""
+        from kafka import KafkaConsumer, KafkaProducer
+
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        settings = dict(self.kafka_settings)
+        session_ms = int(settings.pop("session_timeout_ms", os.environ.get("KAFKA_SESSION_TIMEOUT_MS", 10000)))
+        consumer = KafkaConsumer(
+            self.topic, bootstrap_servers=self.bootstrap_servers, group_id=self.group_id,
+            client_id=f"{self.name}-service", enable_auto_commit=False, auto_offset_reset="earliest",
+            fetch_max_wait_ms=int(settings.pop("fetch_max_wait_ms", 10)), session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, session_ms // 3), max_poll_records=500, **settings)
+        self._producer = producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap_servers, client_id=f"{self.name}-service", linger_ms=0, acks=1,
+            enable_idempotence=False, max_block_ms=5000)
+        log.info("%s: consuming %s as group %s", self.name, self.topic, self.group_id)
+        try:
+            while not self._stop.is_set():
+                batches = consumer.poll(timeout_ms=200)
+                if consumer.assignment():
+                    self.ready.set()
+                if not batches:
+                    continue
+                for records in batches.values():
+                    for record in records:
+                        self._process(producer, record)
+                producer.flush(timeout=10)
+                consumer.commit()
+        finally:
+            producer.flush(timeout=5)
+            producer.close(timeout=5)
+            consumer.close()
+            log.info("%s stopped: %s", self.name, self.stats)
+
+    def _process(self, producer: Any, record: Any) -> None:
+        try:
+            dest, replies = self.handle(record.value, record.headers or [], record.key)
+        except Exception:  # noqa: BLE001 - a malformed request must not stop the service
+            self.stats["invalid"] += 1
+            log.exception("unreadable request at %s/%d@%d", record.topic, record.partition, record.offset)
+            return
+        for headers, value in replies:
+            producer.send(dest["topic"], value=value, key=dest["key"], headers=headers,
+                          partition=dest["partition"])
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,217 @@
+"""The per-worker runtime: producer, reply reader, group membership, pending table, router.
+
+Nothing here touches Kafka until :meth:`Gateway.start`, which gunicorn's ``post_worker_init`` hook calls in each
+worker after gevent has patched the standard library (kafka-python must be imported after the patch, or its
+selector blocks the whole worker). Before start, the app answers ops endpoints and 503 for service routes.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Iterable
+
+from . import metrics
+from .errors import BrokerUnavailable, GatewayError, NotReady, ReplyTimeout
+from .pending import OneShot, PendingTable, Waiter
+from .protocol import ReplyTo, new_correlation_id, new_worker_tag, request_headers
+from .routing import ReplyRouter
+
+if TYPE_CHECKING:
+    from .config import Config, ServiceConfig
+    from .protocol import Reply
+
+log = logging.getLogger(__name__)
+
+
+class _NotStarted:
+    """Stand-in for the Kafka side before the worker started it: every use says so, clearly."""
+
+    reading: set[int] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        raise NotReady("the worker's Kafka clients are not started yet")
+
+
+class Gateway:
+    """Flask extension object: ``app.extensions["gateway"]``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.worker_tag = new_worker_tag()
+        self.pending = PendingTable(self.worker_tag, config.limits["max_in_flight"])
+        self.router = ReplyRouter(config.reply["partitions"])
+        self.producer: Any = _NotStarted()
+        self.reader: Any = _NotStarted()
+        self.membership: Any = _NotStarted()
+        self.started = False
+        self.stopping = False
+        self._broker_down_since: float | None = None
+        self._probe = None
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def start(self, wait_ready: bool = True) -> bool:
+        """Start the Kafka side; with *wait_ready*, block (gevent-friendly) until this worker owns a positioned
+        reply partition or ``reply.startup_wait_ms`` passes. Returns readiness."""
+        if self.started:
+            return self.ready
+        self.started = True
+        import gevent
+        from kafka import KafkaProducer
+
+        from .kafka.admin import ensure_topics
+        from .kafka.replies import GroupMembership, ReplyReader
+
+        reply_topic = self.config.reply["topic"]
+        try:
+            actual = ensure_topics(self.config, {reply_topic: self.config.reply["partitions"]})[reply_topic]
+        except Exception as exc:  # noqa: BLE001 - the broker may be down at start; recovery recreates it
+            log.error("could not ensure reply topic %s: %s", reply_topic, exc)
+            actual = self.config.reply["partitions"]
+        if actual != self.config.reply["partitions"]:
+            log.warning("reply topic %s has %d partitions, config says %d; minting keys for %d",
+                        reply_topic, actual, self.config.reply["partitions"], actual)
+        self.router = ReplyRouter(actual)
+
+        k = self.config.kafka
+        self.producer = KafkaProducer(
+            **self.config.kafka_client_kwargs(), acks=k["acks"], linger_ms=k["linger_ms"],
+            enable_idempotence=False, max_block_ms=k["max_block_ms"],
+            compression_type=k["compression_type"], retries=3,
+            delivery_timeout_ms=max(k["request_timeout_ms"] * 2, 10000),
+            max_request_size=max(1048576, self.config.limits["max_body_bytes"] + 65536))
+        self.reader = ReplyReader(self.config, self.pending, self.router)
+        self.reader.start()
+        self.membership = GroupMembership(self.config, self.reader.set_target)
+        self.membership.start()
+        self._probe = gevent.spawn(self._probe_broker)
+        if wait_ready:
+            self.reader.positioned.wait(self.config.reply["startup_wait_ms"] / 1000)
+        ready = self.ready
+        metrics.WORKERS_READY.set(1 if ready else 0)
+        if ready:
+            log.info("worker ready: reply partitions %s of %s", list(self.router.owned), reply_topic)
+        else:
+            log.error("worker NOT ready after %d ms: it owns no reply partition of %s (partitions=%d). Is the "
+                      "broker up, and does the reply topic have a partition for every worker?",
+                      self.config.reply["startup_wait_ms"], reply_topic, self.router.num_partitions)
+        return ready
+
+    def stop(self) -> None:
+        """Graceful: called after gunicorn drained the HTTP requests; leave the group, close clients."""
+        self.stopping = True
+        metrics.WORKERS_READY.set(0)
+        if not self.started:
+            return
+        if self._probe is not None:
+            self._probe.kill(block=False)
+        self.membership.stop()
+        self.reader.stop()
+        try:
+            self.producer.close(timeout=3)
+        except Exception:  # noqa: BLE001
+            log.warning("producer did not close cleanly", exc_info=True)
+        self.pending.fail_all(NotReady("the worker is shutting down"))
+
+    # -- health ----------------------------------------------------------------------------------------------
+    @property
+    def broker_up(self) -> bool:
+        return self._broker_down_since is None
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.stopping and self.broker_up and bool(self.router.owned)
+
+    def readiness(self) -> dict[str, Any]:
+        return {"ready": self.ready, "started": self.started, "stopping": self.stopping,
+                "broker_up": self.broker_up, "owned_partitions": list(self.router.owned),
+                "read_partitions": sorted(self.reader.reading) if self.started else [],
+                "pending": len(self.pending)}
+
+    def _mark_broker(self, up: bool) -> None:
+        if up and self._broker_down_since is not None:
+            log.warning("broker reachable again after %.1fs", time.monotonic() - self._broker_down_since)
+            self._broker_down_since = None
+        elif not up and self._broker_down_since is None:
+            log.error("broker unreachable: failing requests fast with 503 until it is back")
+            self._broker_down_since = time.monotonic()
+        metrics.WORKERS_READY.set(1 if self.ready else 0)
+
+    def _probe_broker(self) -> None:
+        """Every second, can we open a TCP connection to any bootstrap server? Fast-fail needs a signal that does
+        not wait for a produce to time out."""
+        import gevent
+        servers = [s.rsplit(":", 1) for s in self.config.kafka["bootstrap_servers"]]
+        while not self.stopping:
+            up = False
+            for host, port in servers:
+                try:
+                    socket.create_connection((host, int(port)), timeout=1).close()
+                    up = True
+                    break
+                except OSError:
+                    continue
+            self._mark_broker(up)
+            gevent.sleep(1)
+
+    # -- request path ----------------------------------------------------------------------------------------
+    def check_ready(self) -> None:
+        if not self.started or self.stopping:
+            raise NotReady("this worker is starting or stopping; retry")
+        if not self.broker_up:
+            raise BrokerUnavailable("the Kafka broker is unreachable; retry shortly")
+
+    def send_request(self, svc: ServiceConfig, waiter_factory, *, method: str, path: str, query: str,  # noqa: ANN001
+                     content_type: str | None, http_headers: Iterable[tuple[str, str]], body: bytes,
+                     key: bytes | None, timeout_ms: int | None = None) -> Waiter:
+        """Mint ids, register a waiter, produce the request record. The caller waits on and removes the waiter."""
+        self.check_ready()
+        route = self.router.next()
+        if route is None:
+            raise NotReady("this worker owns no reply partition yet; retry")
+        partition, reply_key = route
+        timeout_ms = timeout_ms or svc.timeout_ms
+        correlation_id = new_correlation_id(self.worker_tag)
+        now = time.time()
+        deadline_ms = int(now * 1000) + timeout_ms
+        # register before producing, with no yield in between (router.next -> register): the reader
+        # cannot release this partition while the request is in flight.
+        waiter = waiter_factory(correlation_id, partition, time.monotonic() + timeout_ms / 1000)
+        self.pending.register(waiter)
+        headers = request_headers(correlation_id, ReplyTo(self.config.reply["topic"], partition, reply_key),
+                                  deadline_ms, method, path, query, content_type, http_headers)
+        try:
+            future = self.producer.send(svc.topic, value=body, key=key, headers=headers)
+        except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError (metadata / full buffer), closed producer
+            self.pending.remove(correlation_id)
+            metrics.PRODUCE_ERRORS.labels(svc.name).inc()
+            raise BrokerUnavailable(f"could not hand the request to Kafka: {type(exc).__name__}") from None
+
+        def on_error(exc: BaseException) -> None:
+            metrics.PRODUCE_ERRORS.labels(svc.name).inc()
+            log.warning("request %s to %s not delivered: %s", correlation_id.hex(), svc.topic, exc)
+            waiter.fail(BrokerUnavailable(f"Kafka did not accept the request: {type(exc).__name__}"))
+
+        future.add_errback(on_error)
+        return waiter
+
+    def call(self, svc: ServiceConfig, **request: Any) -> Reply:
+        """One request, one reply: raises ReplyTimeout (504) or BrokerUnavailable (503)."""
+        waiter: OneShot = self.send_request(svc, OneShot, **request)
+        metrics.IN_FLIGHT.labels(svc.name).inc()
+        try:
+            timeout = max(0.0, waiter.deadline - time.monotonic())
+            if not waiter.event.wait(timeout):
+                metrics.TIMEOUTS.labels(svc.name).inc()
+                raise ReplyTimeout(f"{svc.name} did not reply within {svc.timeout_ms} ms",
+                                   correlation_id=waiter.correlation_id.hex())
+            if waiter.error is not None:
+                raise waiter.error
+            assert waiter.reply is not None
+            return waiter.reply
+        except GatewayError as exc:
+            exc.extra.setdefault("correlation_id", waiter.correlation_id.hex())
+            raise
+        finally:
+            self.pending.remove(waiter.correlation_id)
+            metrics.IN_FLIGHT.labels(svc.name).dec()

@@ -1,0 +1,48 @@
+"""The reply-key minting must agree with Kafka's default partitioner, or replies go to the wrong worker."""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from kafka.partitioner.default import murmur2 as kafka_murmur2
+
+from gateway.routing import ReplyRouter, mint_reply_key, murmur2, partition_for_key
+
+
+def test_murmur2_matches_kafka_python_on_random_keys():
+    rng = random.Random(7)
+    for length in range(0, 70):
+        for _ in range(20):
+            data = bytes(rng.getrandbits(8) for _ in range(length))
+            # kafka-python returns the unsigned form of Java's signed int
+            assert murmur2(data) & 0xFFFFFFFF == kafka_murmur2(data), data
+
+
+@pytest.mark.parametrize("known,expected", [(b"21", -973932308), (b"foobar", -790332482), (b"a-little-bit-long-string", -985981536), (b"a-little-bit-longer-string", -1486304829), (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971), (b"abc", 479470107)])
+def test_murmur2_java_reference_values(known, expected):
+    # values from org.apache.kafka.common.utils.UtilsTest#testMurmur2
+    assert murmur2(known) == expected
+
+
+@pytest.mark.parametrize("n", range(1, 65))
+def test_minted_key_lands_on_its_partition_for_every_count(n):
+    for p in range(n):
+        key = mint_reply_key(p, n)
+        assert partition_for_key(key, n) == p
+        assert (kafka_murmur2(key) & 0x7FFFFFFF) % n == p
+
+
+def test_router_round_robins_owned_and_keeps_last_assignment():
+    r = ReplyRouter(8)
+    assert r.next() is None
+    r.set_owned([5, 1])
+    seen = {r.next()[0] for _ in range(4)}
+    assert seen == {1, 5}
+    p, key = r.next()
+    assert partition_for_key(key, 8) == p
+
+
+def test_mint_rejects_partition_out_of_range():
+    with pytest.raises(ValueError):
+        mint_reply_key(8, 8)
