@@ -20,8 +20,7 @@ def echo(req: Request, **_: str) -> dict:
 
 
 for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
-    svc.route(method, "/echo")(echo)
-    svc.route(method, "/echo/<path:rest>")(echo)
+    svc.route(method, "/<path:rest>")(echo)  # any path: the echo service mirrors whatever it is sent
 
 if __name__ == "__main__":
     from examples._run import serve

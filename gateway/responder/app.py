@@ -100,7 +100,7 @@ class Responder:
         self.topic = topic
         servers = bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
         self.bootstrap_servers = servers.split(",") if isinstance(servers, str) else list(servers)
-        self.group_id = group_id or f"{name}-service"
+        self.group_id = group_id or os.environ.get("SERVICE_GROUP_ID") or f"{name}-service"
         self.kafka_settings = kafka_settings
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._stop = threading.Event()
@@ -229,11 +229,17 @@ class Responder:
             bootstrap_servers=self.bootstrap_servers, client_id=f"{self.name}-service", linger_ms=0, acks=1,
             enable_idempotence=False, max_block_ms=5000)
         log.info("%s: consuming %s as group %s", self.name, self.topic, self.group_id)
+        unassigned_since = time.monotonic()
         try:
             while not self._stop.is_set():
                 batches = consumer.poll(timeout_ms=200)
                 if consumer.assignment():
                     self.ready.set()
+                    unassigned_since = time.monotonic()
+                elif time.monotonic() - unassigned_since > 2 * session_ms / 1000:
+                    # kafka-python can stay "rebalancing" without rejoining (see TANSU.md): ask again
+                    consumer._coordinator.request_rejoin()  # noqa: SLF001
+                    unassigned_since = time.monotonic()
                 if not batches:
                     continue
                 for records in batches.values():

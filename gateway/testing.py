@@ -1,0 +1,169 @@
+"""Helpers that start the real thing for tests and benchmarks: gateway config files, gunicorn, services.
+
+Used by ``tests/conftest.py`` and ``bench/``; nothing here is mocked.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+from .broker import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def to_toml(cfg: dict[str, Any]) -> str:
+    """Tiny TOML writer for the config's shape: sections of scalars, lists and inline tables."""
+    lines: list[str] = []
+    tables = [(f"services.{n}", b) for n, b in cfg.get("services", {}).items()]
+    for name, body in [*((k, v) for k, v in cfg.items() if k != "services"), *tables]:
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def make_config(bootstrap: str, services: dict[str, dict[str, Any]], **sections: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with test-friendly Kafka timings and a reply topic + group of its own."""
+    suffix = uuid.uuid4().hex[:8]
+    cfg: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": [bootstrap], "session_timeout_ms": 3000, "heartbeat_interval_ms": 1000,
+                  "max_block_ms": 2000},
+        "reply": {"topic": f"replies-{suffix}", "partitions": 16, "group_id": f"gw-{suffix}",
+                  "startup_wait_ms": 20000},
+    }
+    for name, body in sections.items():
+        cfg.setdefault(name, {}).update(body)
+    cfg["services"] = services
+    return cfg
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    path.write_text(to_toml(cfg))
+    return path
+
+
+class Process:
+    """A subprocess with its output in a log file; stopped with SIGTERM then SIGKILL."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 40) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def base_env(bootstrap: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PROMETHEUS_"))}
+    env.update({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONUNBUFFERED": "1", "KAFKA_SESSION_TIMEOUT_MS": "3000"})
+    env.update(extra)
+    return env
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001
+            last_exc = exc
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what} not reached within {timeout_s}s" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def metric_value(text: str, name: str, labels: str | None = None) -> float:
+    """Sum of the samples of *name* (optionally only those whose label string contains *labels*)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$", line)
+        if m and m.group(1) == name and (labels is None or labels in (m.group(2) or "")):
+            total += float(m.group(3))
+    return total
+
+
+class GunicornGateway(Process):
+    """The gateway as users run it: gunicorn -c conf/gunicorn.conf.py gateway.wsgi:app."""
+
+    def __init__(self, config_path: Path, bootstrap: str, log_dir: Path, workers: int = 2,
+                 port: int | None = None, extra_env: dict[str, str] | None = None) -> None:
+        self.port = port or free_port()
+        self.workers = workers
+        env = base_env(bootstrap, GATEWAY_CONFIG=str(config_path), PORT=str(self.port),
+                       WEB_CONCURRENCY=str(workers), GATEWAY_BIND=f"127.0.0.1:{self.port}", **(extra_env or {}))
+        super().__init__("gunicorn", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "conf/gunicorn.conf.py"),
+                                      "gateway.wsgi:app"], env, log_dir)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def metrics(self) -> str:
+        return requests.get(self.url + "/metrics", timeout=5).text
+
+    def wait_ready(self, timeout_s: float = 60, workers: int | None = None) -> None:
+        want = self.workers if workers is None else workers
+
+        def ready() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"gunicorn exited: {self.log()[-3000:]}")
+            return metric_value(self.metrics(), "gateway_workers_ready") >= want
+
+        wait_until(ready, timeout_s, 0.2, f"{want} ready gateway workers")
+
+
+class ServiceProcess(Process):
+    """An example service (python -m examples.<name>) or any module built on gateway.responder."""
+
+    def __init__(self, module: str, bootstrap: str, log_dir: Path, **env: str) -> None:
+        super().__init__(module.rsplit(".", 1)[-1], [sys.executable, "-m", module], base_env(bootstrap, **env),
+                         log_dir)

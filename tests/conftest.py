@@ -1,0 +1,97 @@
+"""Shared fixtures: a real embedded broker, the example services and a real gunicorn gateway.
+
+Nothing that crosses Kafka is mocked. Session-scoped processes are started once and reused; tests that break
+things (faults, restarts) start their own.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from gateway.broker import EmbeddedBroker
+from gateway.config import parse_config
+from gateway.testing import GunicornGateway, ServiceProcess, make_config, metric_value, wait_until, write_config
+
+EXAMPLES = ("orders", "customers", "basket", "echo")
+SESSION_SERVICES = {
+    "orders": {"topic": "orders.requests", "methods": ["GET", "POST"], "timeout_ms": 5000,
+               "key": {"source": "path", "segment": 1}},
+    "customers": {"topic": "customers.requests", "methods": ["GET", "POST", "PUT"], "timeout_ms": 5000},
+    "basket": {"topic": "basket.requests", "methods": ["GET", "POST", "DELETE"], "timeout_ms": 5000,
+               "key": {"source": "path", "segment": 1}},
+    "echo": {"topic": "echo.requests", "methods": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+             "content_types": ["*/*"], "timeout_ms": 5000},
+    "jsononly": {"topic": "echo.requests.json", "methods": ["POST"], "content_types": ["application/json"],
+                 "key": {"source": "json", "field": "customer_id"}},
+    "blackhole": {"topic": "blackhole.requests", "methods": ["GET", "POST"], "timeout_ms": 800},
+    "spring": {"topic": "spring.requests", "methods": ["POST"], "timeout_ms": 5000},
+    "bykey": {"topic": "bykey.requests", "methods": ["POST"], "timeout_ms": 5000},
+}
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def broker(log_dir: Path) -> Iterator[EmbeddedBroker]:
+    b = EmbeddedBroker(log_path=log_dir / "broker.log").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def session_config(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gateway.kafka.admin import ensure_topics, wanted_topics
+
+    cfg = make_config(broker.bootstrap, SESSION_SERVICES, limits={"max_body_bytes": 65536})
+    path = write_config(tmp_path_factory.mktemp("conf") / "gateway.toml", cfg)
+    parsed = parse_config(cfg)
+    ensure_topics(parsed, wanted_topics(parsed))
+    return path
+
+
+@pytest.fixture(scope="session")
+def example_services(broker: EmbeddedBroker, session_config: Path, log_dir: Path) -> Iterator[dict]:
+    procs = {name: ServiceProcess(f"examples.{name}", broker.bootstrap, log_dir) for name in EXAMPLES}
+    procs["jsononly"] = ServiceProcess("examples.echo", broker.bootstrap, log_dir, ECHO_TOPIC="echo.requests.json",
+                                        SERVICE_GROUP_ID="jsononly-service")
+    yield procs
+    for p in procs.values():
+        p.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(session_config: Path, broker: EmbeddedBroker, example_services: dict, log_dir: Path
+            ) -> Iterator[GunicornGateway]:
+    import requests
+
+    gw = GunicornGateway(session_config, broker.bootstrap, log_dir, workers=2)
+    try:
+        gw.wait_ready(60)
+        # the example services join their groups in the background; wait until each answers
+        for path in ("/echo/ping", "/orders/none", "/customers/none", "/basket/none"):
+            wait_until(lambda: requests.get(gw.url + path, timeout=10).status_code in (200, 404), 60, 0.2,
+                       f"{path} answered")
+        wait_until(lambda: requests.post(gw.url + "/jsononly", json={}, timeout=10).status_code == 200, 60, 0.2,
+                   "jsononly answered")
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def no_leaks(gateway: GunicornGateway) -> Iterator[None]:
+    """After the test, every worker's pending table drains to zero (nothing left waiting forever)."""
+    yield
+    wait_until(lambda: metric_value(gateway.metrics(), "gateway_in_flight") == 0, 15, 0.2, "in-flight back to 0")
+
+
+def run_in_thread(fn, *args) -> threading.Thread:  # noqa: ANN001
+    t = threading.Thread(target=fn, args=args, daemon=True)
+    t.start()
+    return t
