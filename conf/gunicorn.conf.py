@@ -24,10 +24,27 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
 
 
+def on_starting(server):
+    """Validate the configuration in the master, before any worker forks: a bad config stops the start with a
+    message naming the key and the fix, and a non-zero exit code (gateway.config imports no Kafka)."""
+    import sys
+
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+
+    try:
+        load_config()
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def post_worker_init(worker):
     """Runs in the worker after gevent patched and the app was loaded: start the Kafka side."""
     import logging
 
+    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: "
+                        "%(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     worker.wsgi.extensions["gateway"].start(wait_ready=True)
 

@@ -249,7 +249,10 @@ def _flatten_errors(messages: Any, prefix: str = "") -> list[str]:
     out: list[str] = []
     if isinstance(messages, dict):
         for key, value in messages.items():
-            path = f"{prefix}.{key}" if prefix and key != "_schema" else (prefix or str(key))
+            if key in ("_schema", "value"):  # schema-level errors; Dict fields nest values under "value"
+                path = prefix or str(key)
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
             out.extend(_flatten_errors(value, path))
     elif isinstance(messages, list):
         for m in messages:
@@ -335,3 +338,12 @@ def schema_docs() -> list[tuple[str, str, str, str]]:
             rows.append((f"{section}.{name}", type(field).__name__, repr(default) if not callable(default) else "",
                          field.metadata.get("doc", "")))
     return rows
+
+
+def config_table() -> str:
+    """The README's configuration table, generated from the schema (``gateway config-docs``)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, kind, default, doc in schema_docs():
+        default = default.replace("|", "\\|")
+        lines.append(f"| `{key}` | {kind} | {'`' + default + '`' if default else ''} | {doc} |")
+    return "\n".join(lines)
