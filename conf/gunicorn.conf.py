@@ -9,7 +9,7 @@ import tempfile
 
 bind = os.environ.get("GATEWAY_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gevent"
+worker_class = "gateway.worker.GatewayWorker"  # gunicorn's gevent worker + prompt graceful stop
 worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "10000"))
 keepalive = 75
 control_socket_disable = True  # several gateways on one host must not fight over one socket
