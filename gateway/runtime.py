@@ -48,6 +48,8 @@ class Gateway:
         self.stopping = False
         self._broker_down_since: float | None = None
         self._probe = None
+        # requests whose record the broker has not acknowledged yet: failed at once (503) if the broker goes away
+        self._unacked: dict[bytes, Waiter] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self, wait_ready: bool = True) -> bool:
@@ -105,10 +107,11 @@ class Gateway:
             return
         if self._probe is not None:
             self._probe.kill(block=False)
-        self.membership.stop()
-        self.reader.stop()
+        quick = not self.broker_up  # nothing to say goodbye to: do not wait for a broker that is gone
+        self.membership.stop(timeout_ms=300 if quick else 3000)
+        self.reader.stop(timeout_ms=300 if quick else 2000)
         try:
-            self.producer.close(timeout=3)
+            self.producer.close(timeout=0.3 if quick else 3)
         except Exception:  # noqa: BLE001
             log.warning("producer did not close cleanly", exc_info=True)
         self.pending.fail_all(NotReady("the worker is shutting down"))
@@ -130,12 +133,36 @@ class Gateway:
 
     def _mark_broker(self, up: bool) -> None:
         if up and self._broker_down_since is not None:
-            log.warning("broker reachable again after %.1fs", time.monotonic() - self._broker_down_since)
+            log.warning("broker reachable again after %.1fs; recovering", time.monotonic() - self._broker_down_since)
+            self._recover()
             self._broker_down_since = None
         elif not up and self._broker_down_since is None:
             log.error("broker unreachable: failing requests fast with 503 until it is back")
             self._broker_down_since = time.monotonic()
+            unacked, self._unacked = self._unacked, {}
+            for waiter in unacked.values():
+                waiter.fail(BrokerUnavailable("the Kafka broker became unreachable before it took the request"))
         metrics.WORKERS_READY.set(1 if self.ready else 0)
+
+    def _recover(self) -> None:
+        """The broker is back: it may have come back empty (topics and group gone). Re-create the topics with
+        their configured partitions, refresh metadata, and let the reader re-check its positions. The group
+        membership rejoins by itself (with a watchdog for stuck rejoins)."""
+        from .kafka.admin import ensure_topics, wanted_topics
+
+        for attempt in range(10):
+            try:
+                ensure_topics(self.config, wanted_topics(self.config))
+                break
+            except Exception as exc:  # noqa: BLE001 - the broker may still be starting
+                log.warning("re-creating topics failed (%s); retry %d", exc, attempt + 1)
+                import gevent
+                gevent.sleep(0.5)
+        try:
+            self.producer._metadata.request_update()  # noqa: SLF001 - do not write into partitions that vanished
+        except Exception:  # noqa: BLE001
+            log.debug("metadata refresh request failed", exc_info=True)
+        self.reader.request_recheck()
 
     def _probe_broker(self) -> None:
         """Every second, can we open a TCP connection to any bootstrap server? Fast-fail needs a signal that does
@@ -188,10 +215,13 @@ class Gateway:
             raise BrokerUnavailable(f"could not hand the request to Kafka: {type(exc).__name__}") from None
 
         def on_error(exc: BaseException) -> None:
+            self._unacked.pop(correlation_id, None)
             metrics.PRODUCE_ERRORS.labels(svc.name).inc()
             log.warning("request %s to %s not delivered: %s", correlation_id.hex(), svc.topic, exc)
             waiter.fail(BrokerUnavailable(f"Kafka did not accept the request: {type(exc).__name__}"))
 
+        self._unacked[correlation_id] = waiter
+        future.add_callback(lambda _: self._unacked.pop(correlation_id, None))
         future.add_errback(on_error)
         return waiter
 
@@ -214,4 +244,5 @@ class Gateway:
             raise
         finally:
             self.pending.remove(waiter.correlation_id)
+            self._unacked.pop(waiter.correlation_id, None)
             metrics.IN_FLIGHT.labels(svc.name).dec()

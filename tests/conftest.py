@@ -23,7 +23,7 @@ SESSION_SERVICES = {
     "basket": {"topic": "basket.requests", "methods": ["GET", "POST", "DELETE"], "timeout_ms": 5000,
                "key": {"source": "path", "segment": 1}},
     "echo": {"topic": "echo.requests", "methods": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-             "content_types": ["*/*"], "timeout_ms": 5000},
+             "content_types": ["*/*"], "timeout_ms": 20000},
     "jsononly": {"topic": "echo.requests.json", "methods": ["POST"], "content_types": ["application/json"],
                  "key": {"source": "json", "field": "customer_id"}},
     "blackhole": {"topic": "blackhole.requests", "methods": ["GET", "POST"], "timeout_ms": 800},

@@ -32,7 +32,7 @@ def test_handler_exception_and_deadline_drop(broker, tmp_path, log_dir):
     def fast(req):  # noqa: ANN001, ANN202
         return {"fast": True}
 
-    cfg = make_config(broker.bootstrap, {"fragile": {"topic": "fragile.requests", "timeout_ms": 700}})
+    cfg = make_config(broker.bootstrap, {"fragile": {"topic": "fragile.requests", "timeout_ms": 3000}})
     ensure_topics(parse_config(cfg), {"fragile.requests": 1})
     gw = GunicornGateway(write_config(tmp_path / "g.toml", cfg), broker.bootstrap, log_dir, workers=2)
     runner = threading.Thread(target=svc.run, kwargs={"install_signal_handlers": False}, daemon=True)

@@ -99,7 +99,7 @@ class GroupMembership(ConsumerRebalanceListener):
                 consumer._coordinator.request_rejoin()  # noqa: SLF001
                 self._since_unassigned = time.monotonic()
 
-    def stop(self) -> None:
+    def stop(self, timeout_ms: int = 3000) -> None:
         """Leave the group cleanly (partitions move to the other members at once, not after a session timeout)."""
         self._stopping = True
         if self._greenlet is not None:
@@ -107,7 +107,7 @@ class GroupMembership(ConsumerRebalanceListener):
             self._greenlet.kill(block=False)
         if self._consumer is not None:
             try:
-                self._consumer.close(autocommit=False, timeout_ms=3000)
+                self._consumer.close(autocommit=False, timeout_ms=timeout_ms)
             except Exception:  # noqa: BLE001
                 log.warning("reply-group consumer did not close cleanly", exc_info=True)
 
@@ -126,12 +126,32 @@ class ReplyReader:
         self._target: set[int] | None = None   # the latest group assignment, applied by the reader greenlet
         self.reading: set[int] = set()
         self.positioned = Event()                # set once some owned partition is positioned
+        self._recheck = False
+
+    def request_recheck(self) -> None:
+        """After a broker outage: positions past the end of a partition mean the log was recreated (a broker
+        that lost its data). Kafka would raise OffsetOutOfRange; not every broker does, so check by hand."""
+        self._recheck = True
+
+    def _recheck_positions(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        tps = [TopicPartition(self.topic, p) for p in sorted(self.reading)]
+        ends = consumer.end_offsets(tps) if tps else {}
+        self._recheck = False
+        for tp in tps:
+            if consumer.position(tp) > ends.get(tp, 0):
+                log.warning("reply partition %d was recreated (position past its end %d): reading it from the "
+                            "start", tp.partition, ends.get(tp, 0))
+                consumer.seek(tp, 0)
 
     def start(self) -> None:
         k = self.config.kafka
         self._consumer = KafkaConsumer(
             **self.config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
-            fetch_max_wait_ms=k["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="latest",
+            # New partitions are positioned explicitly (seek_to_end); "earliest" only applies when a position
+            # falls off the log (topic recreated): then every record in it is new, and may be a reply we await.
+            fetch_max_wait_ms=k["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="earliest",
             max_poll_records=2000)
         self._greenlet = gevent.spawn(self._run)
 
@@ -174,6 +194,8 @@ class ReplyReader:
         while not self._stopping:
             try:
                 self._apply()
+                if self._recheck:
+                    self._recheck_positions()
                 if not self.reading:
                     gevent.sleep(0.05)
                     continue
@@ -198,13 +220,13 @@ class ReplyReader:
         if outcome is Outcome.LATE or outcome is Outcome.DUPLICATE:
             log.info("%s reply for %s dropped", outcome.value, reply.correlation_id.hex())
 
-    def stop(self) -> None:
+    def stop(self, timeout_ms: int = 2000) -> None:
         self._stopping = True
         if self._greenlet is not None:
             self._greenlet.join(timeout=2)
             self._greenlet.kill(block=False)
         if self._consumer is not None:
             try:
-                self._consumer.close(autocommit=False, timeout_ms=2000)
+                self._consumer.close(autocommit=False, timeout_ms=timeout_ms)
             except Exception:  # noqa: BLE001
                 log.warning("reply reader did not close cleanly", exc_info=True)
