@@ -191,17 +191,21 @@ class ReplyReader:
     def _run(self) -> None:
         consumer = self._consumer
         assert consumer is not None
+        next_check = time.monotonic() + 5
         while not self._stopping:
             try:
                 self._apply()
-                if self._recheck:
+                if self._recheck or time.monotonic() > next_check:
+                    # also periodically: a broker may lose its data and come back between two probes
+                    next_check = time.monotonic() + 5
                     self._recheck_positions()
                 if not self.reading:
                     gevent.sleep(0.05)
                     continue
                 batches = consumer.poll(timeout_ms=100)
-            except Exception:  # noqa: BLE001 - the client reconnects by itself; never let the reader die
-                log.exception("reply reader poll failed; retrying")
+            except Exception as exc:  # noqa: BLE001 - the client reconnects by itself; never let the reader die
+                log.warning("reply reader: %s: %s; retrying", type(exc).__name__, exc)
+                log.debug("reply reader error", exc_info=True)
                 gevent.sleep(0.5)
                 continue
             for tp, records in batches.items():

@@ -230,28 +230,51 @@ class Responder:
             enable_idempotence=False, max_block_ms=5000)
         log.info("%s: consuming %s as group %s", self.name, self.topic, self.group_id)
         unassigned_since = time.monotonic()
+        next_check = time.monotonic() + 5
         try:
             while not self._stop.is_set():
-                batches = consumer.poll(timeout_ms=200)
-                if consumer.assignment():
-                    self.ready.set()
-                    unassigned_since = time.monotonic()
-                elif time.monotonic() - unassigned_since > 2 * session_ms / 1000:
-                    # kafka-python can stay "rebalancing" without rejoining (see TANSU.md): ask again
-                    consumer._coordinator.request_rejoin()  # noqa: SLF001
-                    unassigned_since = time.monotonic()
-                if not batches:
-                    continue
-                for records in batches.values():
-                    for record in records:
-                        self._process(producer, record)
-                producer.flush(timeout=10)
-                consumer.commit()
+                try:
+                    if time.monotonic() > next_check:
+                        next_check = time.monotonic() + 5
+                        self._rewind_recreated(consumer)
+                    batches = consumer.poll(timeout_ms=200)
+                    if consumer.assignment():
+                        self.ready.set()
+                        unassigned_since = time.monotonic()
+                    elif time.monotonic() - unassigned_since > 2 * session_ms / 1000:
+                        # kafka-python can stay "rebalancing" without rejoining (see TANSU.md): ask again
+                        consumer._coordinator.request_rejoin()  # noqa: SLF001
+                        unassigned_since = time.monotonic()
+                    if not batches:
+                        continue
+                    for records in batches.values():
+                        for record in records:
+                            self._process(producer, record)
+                    producer.flush(timeout=10)
+                    consumer.commit()
+                except Exception:  # noqa: BLE001 - broker away, group gone, commit after a rebalance: go on
+                    log.exception("%s: consume loop error; retrying", self.name)
+                    self._stop.wait(0.5)
         finally:
             producer.flush(timeout=5)
             producer.close(timeout=5)
             consumer.close()
             log.info("%s stopped: %s", self.name, self.stats)
+
+    def _rewind_recreated(self, consumer: Any) -> None:
+        """A position past a partition's end means the topic was recreated (a broker that lost its data came
+        back); Kafka raises OffsetOutOfRange there, not every broker does. Read such a partition from the start."""
+        try:
+            tps = list(consumer.assignment())
+            if not tps:
+                return
+            ends = consumer.end_offsets(tps)
+            for tp in tps:
+                if consumer.position(tp) > ends.get(tp, 0):
+                    log.warning("%s: partition %d was recreated; reading it from the start", self.name, tp.partition)
+                    consumer.seek(tp, 0)
+        except Exception as exc:  # noqa: BLE001 - the broker may be away; try again later
+            log.debug("position check failed: %s", exc)
 
     def _process(self, producer: Any, record: Any) -> None:
         try:
