@@ -102,6 +102,11 @@ class ReplySchema(_Strict):
                                                  "of all instances, or some worker owns none and stays not-ready."})
     group_id = fields.String(load_default="kafka-rest-gateway", validate=validate.Length(min=1),
                              metadata={"doc": "Consumer group of the gateway workers on the reply topic."})
+    poll_interval_ms = fields.Integer(load_default=5, validate=validate.Range(min=1, max=1000),
+                                      metadata={"doc": "Longest a reply reader's poll blocks. Under gevent, "
+                                                       "kafka-python's poll does not always wake when a fetch "
+                                                       "completes: a short poll bounds the added reply latency "
+                                                       "(measured: 100 ms poll -> 106 ms p50, 5 ms -> 22 ms)."})
     startup_wait_ms = fields.Integer(load_default=20000, validate=validate.Range(min=0),
                                      metadata={"doc": "How long a starting worker waits to own a reply partition "
                                                       "before it starts serving anyway (and reports not-ready)."})

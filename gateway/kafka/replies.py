@@ -202,7 +202,7 @@ class ReplyReader:
                 if not self.reading:
                     gevent.sleep(0.05)
                     continue
-                batches = consumer.poll(timeout_ms=100)
+                batches = consumer.poll(timeout_ms=self.config.reply["poll_interval_ms"])
             except Exception as exc:  # noqa: BLE001 - the client reconnects by itself; never let the reader die
                 log.warning("reply reader: %s: %s; retrying", type(exc).__name__, exc)
                 log.debug("reply reader error", exc_info=True)
