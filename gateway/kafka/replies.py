@@ -50,15 +50,21 @@ class GroupMembership(ConsumerRebalanceListener):
         self._since_unassigned = time.monotonic()
 
     def start(self) -> None:
+        self._consumer = self._new_consumer()
+        self._greenlet = gevent.spawn(self._run)
+
+    def _new_consumer(self) -> KafkaConsumer:
         k = self.config.kafka
-        self._consumer = KafkaConsumer(
+        consumer = KafkaConsumer(
             **self.config.kafka_client_kwargs(), group_id=self.config.reply["group_id"],
             enable_auto_commit=False, session_timeout_ms=k["session_timeout_ms"],
             heartbeat_interval_ms=k["heartbeat_interval_ms"],
-            max_poll_interval_ms=max(30000, k["session_timeout_ms"] * 3),
+            # = the rebalance timeout: how long a rebalance waits for members that vanished mid-way. This member
+            # polls every 200 ms, so it can be short; a long one stalls new workers' first assignment.
+            max_poll_interval_ms=k["session_timeout_ms"],
             partition_assignment_strategy=[StickyPartitionAssignor])
-        self._consumer.subscribe([self.topic], listener=self)
-        self._greenlet = gevent.spawn(self._run)
+        consumer.subscribe([self.topic], listener=self)
+        return consumer
 
     # ConsumerRebalanceListener: called inside poll(), in this greenlet
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
@@ -81,23 +87,36 @@ class GroupMembership(ConsumerRebalanceListener):
         self.on_partitions_revoked(lost)
 
     def _run(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
         stuck_after = 2 * self.config.kafka["session_timeout_ms"] / 1000
+        nudged = False
         while not self._stopping:
+            consumer = self._consumer
+            assert consumer is not None
             try:
                 consumer.poll(timeout_ms=200)
-            except Exception:  # noqa: BLE001 - keep the member alive; the client reconnects by itself
-                log.exception("reply-group poll failed; retrying")
+            except Exception as exc:  # noqa: BLE001 - keep the member alive; the client reconnects by itself
+                log.warning("reply-group poll failed (%s: %s); retrying", type(exc).__name__, exc)
                 gevent.sleep(0.5)
                 continue
             if consumer.assignment():
                 self._since_unassigned = time.monotonic()
+                nudged = False
             elif time.monotonic() - self._since_unassigned > stuck_after:
-                # kafka-python sometimes stays "rebalancing" without rejoining (TANSU.md): ask again.
-                log.warning("no reply-partition assignment for %.1fs; requesting a rejoin", stuck_after)
-                consumer._coordinator.request_rejoin()  # noqa: SLF001
+                # kafka-python can stay "rebalancing" for good (TANSU.md). First ask for a rejoin; if that does
+                # not help either, start over with a fresh member (it only carries ownership, nothing else).
                 self._since_unassigned = time.monotonic()
+                if not nudged:
+                    log.warning("no reply-partition assignment for %.1fs; requesting a rejoin", stuck_after)
+                    consumer._coordinator.request_rejoin()  # noqa: SLF001
+                    nudged = True
+                else:
+                    log.warning("still no reply-partition assignment; re-creating the group member")
+                    try:
+                        consumer.close(autocommit=False, timeout_ms=1000)
+                    except Exception:  # noqa: BLE001
+                        log.debug("closing the stuck member failed", exc_info=True)
+                    self._consumer = self._new_consumer()
+                    nudged = False
 
     def stop(self, timeout_ms: int = 3000) -> None:
         """Leave the group cleanly (partitions move to the other members at once, not after a session timeout)."""
@@ -191,13 +210,10 @@ class ReplyReader:
     def _run(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        next_check = time.monotonic() + 5
         while not self._stopping:
             try:
                 self._apply()
-                if self._recheck or time.monotonic() > next_check:
-                    # also periodically: a broker may lose its data and come back between two probes
-                    next_check = time.monotonic() + 5
+                if self._recheck:
                     self._recheck_positions()
                 if not self.reading:
                     gevent.sleep(0.05)

@@ -234,10 +234,12 @@ class Responder:
         try:
             while not self._stop.is_set():
                 try:
-                    if time.monotonic() > next_check:
+                    if time.monotonic() > next_check:  # only reached after 5 s without a record
                         next_check = time.monotonic() + 5
                         self._rewind_recreated(consumer)
                     batches = consumer.poll(timeout_ms=200)
+                    if batches:
+                        next_check = time.monotonic() + 5
                     if consumer.assignment():
                         self.ready.set()
                         unassigned_since = time.monotonic()
