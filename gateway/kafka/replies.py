@@ -252,7 +252,7 @@ class ReplyReader:
                 log.debug("reply reader error", exc_info=True)
                 gevent.sleep(0.5)
                 continue
-            for tp, records in batches.items():
+            for records in batches.values():
                 for record in records:
                     self._dispatch(record)
 
