@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from . import metrics
 from .errors import BrokerUnavailable, GatewayError, NotReady, ReplyTimeout
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .protocol import Reply
 
 log = logging.getLogger(__name__)
+W = TypeVar("W", bound=Waiter)
 
 
 class _NotStarted:
@@ -198,9 +199,9 @@ class Gateway:
         if not self.broker_up:
             raise BrokerUnavailable("the Kafka broker is unreachable; retry shortly")
 
-    def send_request(self, svc: ServiceConfig, waiter_factory, *, method: str, path: str, query: str,  # noqa: ANN001
-                     content_type: str | None, http_headers: Iterable[tuple[str, str]], body: bytes,
-                     key: bytes | None, timeout_ms: int | None = None) -> Waiter:
+    def send_request(self, svc: ServiceConfig, waiter_factory: Callable[[bytes, int, float], W], *, method: str,
+                     path: str, query: str, content_type: str | None, http_headers: Iterable[tuple[str, str]],
+                     body: bytes, key: bytes | None, timeout_ms: int | None = None) -> W:
         """Mint ids, register a waiter, produce the request record. The caller waits on and removes the waiter."""
         self.check_ready()
         route = self.router.next()
