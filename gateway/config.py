@@ -16,11 +16,11 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import tomllib
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from .errors import ConfigError
@@ -300,7 +300,8 @@ def apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         try:
             reply["partitions"] = int(env["GATEWAY_REPLY_PARTITIONS"])
         except ValueError:
-            raise ConfigError(f"GATEWAY_REPLY_PARTITIONS={env['GATEWAY_REPLY_PARTITIONS']!r} is not a whole number")
+            raise ConfigError(
+                f"GATEWAY_REPLY_PARTITIONS={env['GATEWAY_REPLY_PARTITIONS']!r} is not a whole number") from None
         raw["reply"] = reply
     return raw
 

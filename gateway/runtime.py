@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from . import metrics
 from .errors import BrokerUnavailable, GatewayError, NotReady, ReplyTimeout
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .protocol import Reply
 
 log = logging.getLogger(__name__)
+W = TypeVar("W", bound=Waiter)
 
 
 class _NotStarted:
@@ -65,6 +66,7 @@ class Gateway:
         from .kafka.replies import GroupMembership, ReplyReader
 
         reply_topic = self.config.reply["topic"]
+        t0 = time.monotonic()
         try:
             actual = ensure_topics(self.config, {reply_topic: self.config.reply["partitions"]})[reply_topic]
         except Exception as exc:  # noqa: BLE001 - the broker may be down at start; recovery recreates it
@@ -74,6 +76,7 @@ class Gateway:
             log.warning("reply topic %s has %d partitions, config says %d; minting keys for %d",
                         reply_topic, actual, self.config.reply["partitions"], actual)
         self.router = ReplyRouter(actual)
+        t_topics = time.monotonic() - t0
 
         k = self.config.kafka
         self.producer = KafkaProducer(
@@ -82,21 +85,24 @@ class Gateway:
             compression_type=k["compression_type"], retries=3,
             delivery_timeout_ms=max(k["request_timeout_ms"] * 2, 10000),
             max_request_size=max(1048576, self.config.limits["max_body_bytes"] + 65536))
+        t_producer = time.monotonic() - t0
         self.reader = ReplyReader(self.config, self.pending, self.router)
-        self.reader.start()
+        self.reader.start(borrow_ms=self.config.reply["startup_wait_ms"])
         self.membership = GroupMembership(self.config, self.reader.set_target)
         self.membership.start()
         self._probe = gevent.spawn(self._probe_broker)
-        if wait_ready:
+        if wait_ready:  # until a partition is positioned (a borrowed one: well under a second)
             self.reader.positioned.wait(self.config.reply["startup_wait_ms"] / 1000)
         ready = self.ready
+        log.info("kafka side started in %.2fs (reply topic checked %.2fs, producer %.2fs)", time.monotonic() - t0,
+                 t_topics, t_producer)
         metrics.WORKERS_READY.set(1 if ready else 0)
         if ready:
-            log.info("worker ready: reply partitions %s of %s", list(self.router.owned), reply_topic)
+            log.info("worker ready: minting on reply partitions %s of %s%s", list(self.router.owned), reply_topic,
+                     " (borrowed until the group assigns this worker its own)" if self.reader.borrowed else "")
         else:
-            log.error("worker NOT ready after %d ms: it owns no reply partition of %s (partitions=%d). Is the "
-                      "broker up, and does the reply topic have a partition for every worker?",
-                      self.config.reply["startup_wait_ms"], reply_topic, self.router.num_partitions)
+            log.error("worker NOT ready after %d ms: no reply partition of %s (partitions=%d) is positioned. Is "
+                      "the broker up?", self.config.reply["startup_wait_ms"], reply_topic, self.router.num_partitions)
         return ready
 
     def stop(self) -> None:
@@ -123,11 +129,16 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.stopping and self.broker_up and bool(self.router.owned)
+        """Serving, broker reachable, and minting on an assigned partition (or on a borrowed one while the
+        group has had less than reply.startup_wait_ms to assign one)."""
+        return (self.started and not self.stopping and self.broker_up and bool(self.router.owned)
+                and not self.reader.borrowing_expired)
 
     def readiness(self) -> dict[str, Any]:
         return {"ready": self.ready, "started": self.started, "stopping": self.stopping,
-                "broker_up": self.broker_up, "owned_partitions": list(self.router.owned),
+                "broker_up": self.broker_up, "owned_partitions": sorted(self.reader.owned) if self.started else [],
+                "minting_partitions": list(self.router.owned),
+                "borrowed_partitions": sorted(self.reader.borrowed) if self.started else [],
                 "read_partitions": sorted(self.reader.reading) if self.started else [],
                 "pending": len(self.pending)}
 
@@ -188,9 +199,9 @@ class Gateway:
         if not self.broker_up:
             raise BrokerUnavailable("the Kafka broker is unreachable; retry shortly")
 
-    def send_request(self, svc: ServiceConfig, waiter_factory, *, method: str, path: str, query: str,  # noqa: ANN001
-                     content_type: str | None, http_headers: Iterable[tuple[str, str]], body: bytes,
-                     key: bytes | None, timeout_ms: int | None = None) -> Waiter:
+    def send_request(self, svc: ServiceConfig, waiter_factory: Callable[[bytes, int, float], W], *, method: str,
+                     path: str, query: str, content_type: str | None, http_headers: Iterable[tuple[str, str]],
+                     body: bytes, key: bytes | None, timeout_ms: int | None = None) -> W:
         """Mint ids, register a waiter, produce the request record. The caller waits on and removes the waiter."""
         self.check_ready()
         route = self.router.next()

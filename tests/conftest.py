@@ -75,7 +75,7 @@ def gateway(session_config: Path, broker: EmbeddedBroker, example_services: dict
         gw.wait_ready(60)
         # the example services join their groups in the background; wait until each answers
         for path in ("/echo/ping", "/orders/none", "/customers/none", "/basket/none"):
-            wait_until(lambda: requests.get(gw.url + path, timeout=10).status_code in (200, 404), 60, 0.2,
+            wait_until(lambda p=path: requests.get(gw.url + p, timeout=10).status_code in (200, 404), 60, 0.2,
                        f"{path} answered")
         wait_until(lambda: requests.post(gw.url + "/jsononly", json={}, timeout=10).status_code == 200, 60, 0.2,
                    "jsononly answered")

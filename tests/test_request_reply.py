@@ -126,3 +126,19 @@ def test_json_field_becomes_the_record_key(gateway, broker):
     keys = [rec.key for rec in consumer if token.encode() in rec.value]
     consumer.close()
     assert keys == [("cust-" + token).encode()]
+
+
+def test_metrics_sum_over_all_workers(gateway):
+    """/metrics is answered by one worker but counts the requests every worker served."""
+    import http.client
+    from urllib.parse import urlparse
+
+    host = urlparse(gateway.url)
+    label = 'service="customers",status="404"'
+    before = metric_value(gateway.metrics(), "gateway_requests_total", label)
+    for i in range(40):  # a new connection each: gunicorn spreads them over both workers
+        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=15)
+        conn.request("GET", f"/customers/nobody-{i}", headers={"Connection": "close"})
+        assert conn.getresponse().status == 404
+        conn.close()
+    assert metric_value(gateway.metrics(), "gateway_requests_total", label) - before == 40

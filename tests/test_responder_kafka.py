@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import requests
 
+from gateway.config import parse_config
 from gateway.kafka.admin import ensure_topics
 from gateway.responder import Responder
 from gateway.testing import GunicornGateway, make_config, wait_until, write_config
-from gateway.config import parse_config
 
 
 def test_handler_exception_and_deadline_drop(broker, tmp_path, log_dir):

@@ -98,6 +98,11 @@ def get_item(req, item_id):  # noqa: ANN001, ANN201
     return 200, {"ETag": '"v1"'}, {"id": item_id, "q": req.arg("q")}
 
 
+@svc.route("GET", "/unencodable")
+def unencodable(req):  # noqa: ANN001, ANN201
+    return {"when": object()}
+
+
 @svc.route("GET", "/stream")
 def stream(req):  # noqa: ANN001, ANN201
     for i in range(3):
@@ -134,6 +139,11 @@ def test_responder_http_error_404_and_unrouted_405():
     assert r.status == 405
     (r,) = _request("/nowhere")
     assert r.status == 404
+
+
+def test_responder_answers_500_when_the_result_cannot_be_encoded():
+    (r,) = _request("/unencodable")
+    assert r.status == 500 and "TypeError" in json.loads(r.body)["detail"]
 
 
 def test_responder_drops_and_counts_expired_requests():

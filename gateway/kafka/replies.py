@@ -15,6 +15,7 @@ during the handover; each keeps its own (the correlation id carries the worker's
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -143,8 +144,11 @@ class ReplyReader:
         self._greenlet: gevent.Greenlet | None = None
         self._stopping = False
         self._target: set[int] | None = None   # the latest group assignment, applied by the reader greenlet
+        self._owned: set[int] = set()            # the group assignment in force
+        self.borrowed: set[int] = set()          # see start()
+        self._borrow_until = 0.0
         self.reading: set[int] = set()
-        self.positioned = Event()                # set once some owned partition is positioned
+        self.positioned = Event()                # set once a partition keys are minted for is positioned
         self._recheck = False
 
     def request_recheck(self) -> None:
@@ -164,7 +168,16 @@ class ReplyReader:
                             "start", tp.partition, ends.get(tp, 0))
                 consumer.seek(tp, 0)
 
-    def start(self) -> None:
+    def start(self, borrow_ms: int = 0) -> None:
+        """With *borrow_ms*, read one random partition right away and mint keys for it until the group assigns
+        this worker its own (at most *borrow_ms*). Any worker may read any reply partition (each keeps only its
+        own replies), so a new worker serves within a second instead of waiting for the group, whose first
+        assignment takes seconds; after a gunicorn HUP, when the old workers have already gone, that wait would
+        be an outage."""
+        if borrow_ms > 0:
+            self.borrowed = {random.randrange(self.router.num_partitions)}
+            self._borrow_until = time.monotonic() + borrow_ms / 1000
+            self._target = set()  # apply (and position) the borrowed partition at once
         k = self.config.kafka
         self._consumer = KafkaConsumer(
             **self.config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
@@ -181,10 +194,18 @@ class ReplyReader:
     def _apply(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        target = self._target
-        owned = set(self.router.owned) if target is None else target
-        in_use = self.pending.partitions_in_use()
-        want = owned | (self.reading & in_use)
+        changed = False
+        if self._target is not None:
+            self._owned, self._target, changed = self._target, None, True
+        if self._owned and self.borrowed:
+            self.borrowed, changed = set(), True
+        elif self.borrowed and self._borrow_until and time.monotonic() > self._borrow_until:
+            self._borrow_until = 0.0  # say it once; keep serving on the borrowed partition (nothing is lost)
+            log.error("no reply partition assigned within reply.startup_wait_ms: this worker reports not-ready "
+                      "and keeps minting on borrowed partition %s. Does the reply topic have a partition for "
+                      "every gateway worker of every instance?", sorted(self.borrowed))
+        mint = self._owned or self.borrowed
+        want = mint | (self.reading & self.pending.partitions_in_use())
         if want != self.reading:
             added = want - self.reading
             consumer.assign([TopicPartition(self.topic, p) for p in sorted(want)])
@@ -198,14 +219,21 @@ class ReplyReader:
                 log.info("reply partitions %s drained and released", sorted(dropped))
             self.reading = want
             metrics.READING_PARTITIONS.set(len(want))
-        if target is not None:
-            self._target = None
-            self.router.set_owned(target)
-            metrics.OWNED_PARTITIONS.set(len(target))
-            if target:
+        if changed:
+            self.router.set_owned(mint)  # only now: every partition in it is positioned
+            metrics.OWNED_PARTITIONS.set(len(self._owned))
+            if mint:
                 self.positioned.set()
             else:
                 self.positioned.clear()
+
+    @property
+    def owned(self) -> set[int]:
+        return set(self._owned)
+
+    @property
+    def borrowing_expired(self) -> bool:
+        return bool(self.borrowed) and not self._borrow_until
 
     def _run(self) -> None:
         consumer = self._consumer
@@ -224,7 +252,7 @@ class ReplyReader:
                 log.debug("reply reader error", exc_info=True)
                 gevent.sleep(0.5)
                 continue
-            for tp, records in batches.items():
+            for records in batches.values():
                 for record in records:
                     self._dispatch(record)
 

@@ -86,7 +86,7 @@ def _encode_body(body: Any) -> tuple[bytes, str | None]:
     return json.dumps(body).encode(), "application/json"
 
 
-def _problem(status: int, detail: str, **extra: Any) -> tuple[int, dict[str, str], bytes, str]:
+def _problem(status: int, detail: str, **extra: Any) -> tuple[int, dict[str, str], bytes, str | None]:
     body = {"title": "error", "status": status, "detail": detail, **extra}
     return status, {}, json.dumps(body).encode(), "application/problem+json"
 
@@ -183,16 +183,30 @@ class Responder:
         if isinstance(result, GeneratorType):
             yield from self._stream(req, result)
             return
-        status, headers, body = 200, {}, result
+        try:
+            status, headers, data, ctype = self._encode_result(result)
+        except Exception as exc:  # noqa: BLE001 - e.g. a body JSON cannot encode: still answer
+            self.stats["errors"] += 1
+            log.exception("reply of %s %s could not be encoded", req.method, req.path)
+            status, headers, data, ctype = _problem(500, f"{self.name} failed: {type(exc).__name__}")
+        yield P.reply_headers(req.correlation_id, status, ctype, headers.items()), data
+
+    @staticmethod
+    def _encode_result(result: Any) -> tuple[int, dict[str, str], bytes, str | None]:
+        status, body = 200, result
+        headers: dict[str, str] = {}
         if isinstance(result, tuple):
             if len(result) == 2:
                 status, body = result
             elif len(result) == 3:
                 status, headers, body = result
+            else:
+                raise TypeError("a handler returns body, (status, body) or (status, headers, body)")
         data, ctype = _encode_body(body)
-        ctype = {k.lower(): v for k, v in headers.items()}.pop("content-type", ctype)
-        extra = [(k, v) for k, v in headers.items() if k.lower() != "content-type"]
-        yield P.reply_headers(req.correlation_id, status, ctype, extra), data
+        headers = dict(headers)
+        for name in [k for k in headers if k.lower() == "content-type"]:
+            ctype = headers.pop(name)
+        return int(status), headers, data, ctype
 
     def _stream(self, req: Request, items: Iterator[Any]) -> Iterator[tuple[list, bytes]]:
         seq = 0
@@ -284,6 +298,8 @@ class Responder:
         except Exception:  # noqa: BLE001 - a malformed request must not stop the service
             self.stats["invalid"] += 1
             log.exception("unreadable request at %s/%d@%d", record.topic, record.partition, record.offset)
+            return
+        if dest is None:
             return
         for headers, value in replies:
             producer.send(dest["topic"], value=value, key=dest["key"], headers=headers,
