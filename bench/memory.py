@@ -16,7 +16,6 @@ Needs ``wrk`` (``/usr/bin/wrk``) and a soft ``ulimit -n`` it can raise above hel
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import resource
 import shutil

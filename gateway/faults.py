@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import os
 import signal
 import struct
@@ -421,7 +422,7 @@ class Scenario:
         self.facts["load_average_at_start"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
         return self
 
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
         try:
             self._finish()
         except Exception as finish_exc:  # noqa: BLE001
@@ -431,7 +432,6 @@ class Scenario:
         if exc is not None:
             self.run.error = f"{type(exc).__name__}: {exc}"
             raise ScenarioFailed(self.run) from exc
-        return False
 
     def _finish(self) -> None:
         self.facts["load_average_at_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -488,6 +488,10 @@ def _hold(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def _workers(gw: GunicornGateway, cmp: Callable[[int, int], bool], n: int) -> Callable[[], bool]:
+    return lambda: cmp(len(worker_pids(gw.pid)), n)
+
+
 # -- (a) scale 2 -> 4 -> 2 -------------------------------------------------------------------------------------
 def scenario_scale(lab: Lab, clients: int = 50) -> Run:
     with Scenario("scale", "TTIN x2 (2 -> 4 workers), then TTOU x2 (4 -> 2), under load", lab, clients) as sc:
@@ -498,7 +502,7 @@ def scenario_scale(lab: Lab, clients: int = 50) -> Run:
         t = lg.mark("TTIN", phase="scaling up")
         for n in (3, 4):
             gw.signal(signal.SIGTTIN)  # one at a time: two pending signals of one kind merge into one
-            wait_until(lambda: len(worker_pids(gw.pid)) >= n, 30, 0.02, f"{n} worker processes")
+            wait_until(_workers(gw, operator.ge, n), 30, 0.02, f"{n} worker processes")
         wait_workers_ready([gw], 4)
         sc.facts["up_ready_s"] = round(time.monotonic() - t, 2)
         settle(sc, "up_settled_s", [gw], 4, t)
@@ -507,7 +511,7 @@ def scenario_scale(lab: Lab, clients: int = 50) -> Run:
         t = lg.mark("TTOU", phase="scaling down")
         for n in (3, 2):
             gw.signal(signal.SIGTTOU)
-            wait_until(lambda: len(worker_pids(gw.pid)) <= n, 60, 0.02, f"{n} worker processes")
+            wait_until(_workers(gw, operator.le, n), 60, 0.02, f"{n} worker processes")
         wait_workers_ready([gw], 2)
         sc.facts["down_done_s"] = round(time.monotonic() - t, 2)
         settle(sc, "down_settled_s", [gw], 2, t)

@@ -227,7 +227,7 @@ class LoadGenerator:
             start = time.monotonic()
             self._current[client] = (target, start, 0, "connecting")
         url = urlparse(target)
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=self.timeout_s)
+        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=self.timeout_s)
         status: int | None = None
         error = correlation_id = ""
         port = 0

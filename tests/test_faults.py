@@ -12,8 +12,17 @@ from typing import Iterator
 
 import pytest
 
-from gateway.faults import (FAULTY_TIMEOUT_MS, Lab, Run, scenario_broker_restart, scenario_hup, scenario_kill9,
-                            scenario_scale, scenario_second_instance, scenario_slow_crash)
+from gateway.faults import (
+    FAULTY_TIMEOUT_MS,
+    Lab,
+    Run,
+    scenario_broker_restart,
+    scenario_hup,
+    scenario_kill9,
+    scenario_scale,
+    scenario_second_instance,
+    scenario_slow_crash,
+)
 from gateway.loadgen import OK, summarize
 
 CLIENTS = 50
