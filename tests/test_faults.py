@@ -23,7 +23,7 @@ from gateway.faults import (
     scenario_second_instance,
     scenario_slow_crash,
 )
-from gateway.loadgen import OK, summarize
+from gateway.loadgen import OK, percentile, summarize
 
 CLIENTS = 50
 
@@ -59,7 +59,8 @@ def test_second_instance_joins_and_stops_gracefully_loses_nothing(lab: Lab) -> N
     run = scenario_second_instance(lab, clients=CLIENTS)
     assert_nothing_lost(run, "2nd joining", "2 instances", "2nd stopping")
     on_2nd = [r for r in run.results if r.target != run.results[0].target]
-    assert len(on_2nd) >= 20, run.report()  # the 2nd instance really served (and was stopped holding requests)
+    assert len(on_2nd) >= 20, run.report()  # the 2nd instance really served
+    assert run.facts["held_by_2nd_at_sigterm"] >= 1, run.report()  # ... and was stopped holding requests
     assert run.facts["2nd_exit_code"] == 0, run.report()
 
 
@@ -92,9 +93,10 @@ def test_broker_outage_fails_fast_and_recovers_without_restarts() -> None:
     assert all(r.outcome == OK for r in run.phase("before")), report
     outage = run.phase("outage")  # started after every worker reported the broker down, before the restart
     assert len(outage) >= 20, report
-    for r in outage:
+    for r in outage:  # fail fast: never the 2 s a blocked send may wait (kafka.max_block_ms), nor the 5 s deadline
         assert r.status == 503 and r.error in ("broker_unavailable", "not_ready"), f"{r}\n{report}"
-        assert r.latency < 1.0, f"{r}\n{report}"
+        assert r.latency < 2.0, f"{r}\n{report}"
+    assert percentile([r.latency for r in outage], 90) < 1.0, report  # and most well under a second
     assert run.facts["first_200_after_restart_s"] <= 30, report
     assert run.facts["all_clients_served_s"] <= 30, report
     recovered = run.phase("recovered")
