@@ -1,0 +1,125 @@
+"""Fault injection under continuous load (50 clients, every request with a unique token checked against its reply).
+
+Real gunicorn (gevent workers), real broker, the real echo service; the scenarios live in ``gateway.faults``
+(``python -m gateway.faults`` prints the same runs as a table). Each assertion message is the run's report:
+per-phase counts, reply-outcome counters, events, and for failed requests where their records went.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from gateway.faults import (
+    FAULTY_TIMEOUT_MS,
+    Lab,
+    Run,
+    scenario_broker_restart,
+    scenario_hup,
+    scenario_kill9,
+    scenario_scale,
+    scenario_second_instance,
+    scenario_slow_crash,
+)
+from gateway.loadgen import OK, percentile, summarize
+
+CLIENTS = 50
+
+
+def workdir() -> Path:
+    """Logs outlive the test (pytest's tmp dirs rotate away quickly when several runs share a machine)."""
+    return Path(tempfile.mkdtemp(prefix="gateway-faults-"))
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """A broker + the echo service for the scenarios that leave the broker alone."""
+    with Lab(workdir()) as lab:
+        yield lab
+
+
+def assert_nothing_lost(run: Run, *event_phases: str) -> None:
+    s = summarize(run.results)
+    assert s.requests >= 100, run.report()  # the load really ran
+    for phase in event_phases:               # ... and through the event, not only around it
+        assert run.phase(phase), f"no request started during {phase!r}\n{run.report()}"
+    assert (s.failed, s.mismatched) == (0, 0), run.report()
+
+
+@pytest.mark.timeout(300)
+def test_scale_2_to_4_to_2_workers_loses_nothing(lab: Lab) -> None:
+    run = scenario_scale(lab, clients=CLIENTS)
+    assert_nothing_lost(run, "scaling up", "4 workers", "scaling down")
+
+
+@pytest.mark.timeout(300)
+def test_second_instance_joins_and_stops_gracefully_loses_nothing(lab: Lab) -> None:
+    run = scenario_second_instance(lab, clients=CLIENTS)
+    assert_nothing_lost(run, "2nd joining", "2 instances", "2nd stopping")
+    on_2nd = [r for r in run.results if r.target != run.results[0].target]
+    assert len(on_2nd) >= 20, run.report()  # the 2nd instance really served
+    assert run.facts["held_by_2nd_at_sigterm"] >= 1, run.report()  # ... and was stopped holding requests
+    assert run.facts["2nd_exit_code"] == 0, run.report()
+
+
+@pytest.mark.timeout(300)
+def test_rolling_hup_reload_loses_nothing(lab: Lab) -> None:
+    run = scenario_hup(lab, clients=CLIENTS)
+    assert_nothing_lost(run, "reloading")
+
+
+@pytest.mark.timeout(300)
+def test_kill9_fails_only_the_requests_the_killed_worker_held(lab: Lab) -> None:
+    run = scenario_kill9(lab, clients=CLIENTS)
+    held, t_kill = set(run.facts["held_ports"]), run.facts["t_kill"]
+    assert not run.mismatched(), run.report()
+    for r in run.failed():
+        # a failed request was in flight at the kill, on a connection the killed worker had accepted, and got no
+        # HTTP response at all (its connection died with the worker)
+        assert r.start < t_kill and r.local_port in held and r.status is None, f"{r}\n{run.report()}"
+    assert len(run.failed()) <= run.facts["held_by_victim"], run.report()
+    after = [r for r in run.results if r.start > t_kill]
+    assert len(after) >= 50 and all(r.outcome == OK for r in after), run.report()
+
+
+@pytest.mark.timeout(300)
+def test_broker_outage_fails_fast_and_recovers_without_restarts() -> None:
+    with Lab(workdir()) as own_lab:  # the broker comes back EMPTY: nobody else may use it
+        run = scenario_broker_restart(own_lab, clients=CLIENTS, outage_s=3.0, recover_within_s=60)
+    report = run.report()
+    assert not run.mismatched(), report
+    assert all(r.outcome == OK for r in run.phase("before")), report
+    outage = run.phase("outage")  # started after every worker reported the broker down, before the restart
+    assert len(outage) >= 20, report
+    for r in outage:  # fail fast: never the 2 s a blocked send may wait (kafka.max_block_ms), nor the 5 s deadline
+        assert r.status == 503 and r.error in ("broker_unavailable", "not_ready"), f"{r}\n{report}"
+        assert r.latency < 2.0, f"{r}\n{report}"
+    assert percentile([r.latency for r in outage], 90) < 1.0, report  # and most well under a second
+    assert run.facts["first_200_after_restart_s"] <= 30, report
+    assert run.facts["all_clients_served_s"] <= 30, report
+    recovered = run.phase("recovered")
+    assert recovered and all(r.outcome == OK for r in recovered), report
+    assert run.facts["worker_pids_unchanged"] and run.facts["gunicorn_master_alive"], report
+    assert run.facts["echo_service_alive"], report
+
+
+@pytest.mark.timeout(300)
+def test_slow_then_crashed_service_is_504_at_the_deadline_and_leaves_nothing_pending(lab: Lab) -> None:
+    run = scenario_slow_crash(lab, clients=CLIENTS)
+    report = run.report()
+    assert not run.mismatched(), report
+    timeout_s = FAULTY_TIMEOUT_MS / 1000
+    t_slow = next(t for t, name in run.events if name == "slow")
+    fast = run.phase("fast")
+    done_before = [r for r in fast if r.end < t_slow]
+    assert len(done_before) >= 20 and all(r.outcome == OK for r in done_before), report
+    # in flight at the switch: answered fast if the service got to it before the switch, else 504 like the rest
+    degraded = run.phase("slow", "crashed") + [r for r in fast if r.end >= t_slow and r.outcome != OK]
+    assert len(degraded) >= 50, report
+    for r in degraded:
+        assert r.status == 504 and r.error == "reply_timeout", f"{r}\n{report}"
+        assert timeout_s - 0.05 <= r.latency <= timeout_s + 1.5, f"{r}\n{report}"  # at the deadline
+    assert run.replies["late"] >= 1, report  # the slow replies that still came were counted
+    assert run.facts["in_flight_zero_after_crash_s"] <= timeout_s + 10, report
