@@ -61,8 +61,9 @@ class GroupMembership(ConsumerRebalanceListener):
             enable_auto_commit=False, session_timeout_ms=k["session_timeout_ms"],
             heartbeat_interval_ms=k["heartbeat_interval_ms"],
             # = the rebalance timeout: how long a rebalance waits for members that vanished mid-way. This member
-            # polls every 200 ms, so it can be short; a long one stalls new workers' first assignment.
-            max_poll_interval_ms=k["session_timeout_ms"],
+            # polls every 200 ms, so it can be short-ish (a long one stalls new workers' first assignment), but a
+            # busy worker must still make it back in time, or it is dropped and the group rebalances again.
+            max_poll_interval_ms=2 * k["session_timeout_ms"],
             partition_assignment_strategy=[StickyPartitionAssignor])
         consumer.subscribe([self.topic], listener=self)
         return consumer
@@ -89,6 +90,7 @@ class GroupMembership(ConsumerRebalanceListener):
 
     def _run(self) -> None:
         stuck_after = 2 * self.config.kafka["session_timeout_ms"] / 1000
+        recreate_after = 5 * self.config.kafka["session_timeout_ms"] / 1000
         nudged = False
         while not self._stopping:
             consumer = self._consumer
@@ -102,22 +104,22 @@ class GroupMembership(ConsumerRebalanceListener):
             if consumer.assignment():
                 self._since_unassigned = time.monotonic()
                 nudged = False
-            elif time.monotonic() - self._since_unassigned > stuck_after:
+            elif not nudged and time.monotonic() - self._since_unassigned > stuck_after:
                 # kafka-python can stay "rebalancing" for good (TANSU.md). First ask for a rejoin; if that does
-                # not help either, start over with a fresh member (it only carries ownership, nothing else).
+                # not help for a while, start over with a fresh member (it only carries ownership). Not sooner:
+                # every new member rebalances the whole group, and the worker serves on its borrowed partition.
+                log.warning("no reply-partition assignment for %.1fs; requesting a rejoin", stuck_after)
+                consumer._coordinator.request_rejoin()  # noqa: SLF001
+                nudged = True
+            elif time.monotonic() - self._since_unassigned > recreate_after:
                 self._since_unassigned = time.monotonic()
-                if not nudged:
-                    log.warning("no reply-partition assignment for %.1fs; requesting a rejoin", stuck_after)
-                    consumer._coordinator.request_rejoin()  # noqa: SLF001
-                    nudged = True
-                else:
-                    log.warning("still no reply-partition assignment; re-creating the group member")
-                    try:
-                        consumer.close(autocommit=False, timeout_ms=1000)
-                    except Exception:  # noqa: BLE001
-                        log.debug("closing the stuck member failed", exc_info=True)
-                    self._consumer = self._new_consumer()
-                    nudged = False
+                log.warning("still no reply-partition assignment; re-creating the group member")
+                try:
+                    consumer.close(autocommit=False, timeout_ms=1000)
+                except Exception:  # noqa: BLE001
+                    log.debug("closing the stuck member failed", exc_info=True)
+                self._consumer = self._new_consumer()
+                nudged = False
 
     def stop(self, timeout_ms: int = 3000) -> None:
         """Leave the group cleanly (partitions move to the other members at once, not after a session timeout)."""
