@@ -29,6 +29,8 @@ def post_worker_init(worker):
     import logging
 
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    # the async-results and events tails first, so that a worker reports ready only once they are positioned
+    worker.wsgi.extensions["variants"].start(wait_ready=True)
     worker.wsgi.extensions["gateway"].start(wait_ready=True)
 
 
@@ -37,6 +39,9 @@ def worker_exit(server, worker):
     gw = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("gateway")
     if gw is not None:
         gw.stop()
+    variants = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("variants")
+    if variants is not None:
+        variants.stop()
 
 
 def child_exit(server, worker):

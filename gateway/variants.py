@@ -1,0 +1,78 @@
+"""The per-worker side of the variants beyond request-reply (docs/variants.md): async results and entity states.
+
+``app.extensions["variants"]``. Like :class:`gateway.runtime.Gateway`, nothing touches Kafka before
+:meth:`Variants.start`, which ``conf/gunicorn.conf.py`` calls in each worker after gevent patched and *before* the
+gateway starts, so a worker reports ready only after its tails are positioned (the events tails at their end,
+the results tail caught up with the retention window) or ``reply.startup_wait_ms`` passed.
+
+Streaming and websockets need no state of their own here: they ride on ``Gateway.send_request`` with a
+:class:`gateway.pending.Callback` waiter.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from .asyncreq import AsyncRequests
+from .states import StateWatcher
+
+if TYPE_CHECKING:
+    from .runtime import Gateway
+
+log = logging.getLogger(__name__)
+
+
+class Variants:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.async_requests = AsyncRequests(gw)
+        self.states = StateWatcher(gw)
+        self.started = False
+        self.sockets = 0           # open websockets in this worker
+
+    def start(self, wait_ready: bool = True) -> bool:
+        if self.started:
+            return self.ready
+        self.started = True
+        from .kafka.admin import ensure_topics, variant_topics
+
+        config = self.gw.config
+        results = config.async_["results_topic"]
+        try:
+            actual = ensure_topics(config, variant_topics(config))
+        except Exception as exc:  # noqa: BLE001 - broker down at start: the tails wait for the topics
+            log.error("could not ensure the results/events topics: %s", exc)
+            actual = {}
+        if actual.get(results, config.async_["partitions"]) != config.async_["partitions"]:
+            log.warning("results topic %s has %d partitions, config says %d; using %d", results, actual[results],
+                        config.async_["partitions"], actual[results])
+        self.async_requests.start(actual.get(results))
+        self.states.start()
+        if wait_ready:
+            deadline = time.monotonic() + config.reply["startup_wait_ms"] / 1000
+            tails = [self.async_requests.tail, *self.states.tails]
+            for tail in tails:
+                tail.wait_ready(max(0.0, deadline - time.monotonic()))
+            if not self.ready:
+                log.error("async results / events tails not positioned after %d ms", config.reply["startup_wait_ms"])
+        return self.ready
+
+    @property
+    def ready(self) -> bool:
+        return self.started and self.async_requests.ready and self.states.ready
+
+    def readiness(self) -> dict[str, Any]:
+        return {"variants_ready": self.ready, "async_results": len(self.async_requests.store),
+                "entities": {t: len(tab) for t, tab in self.states.tables.items()}, "websockets": self.sockets}
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        self.async_requests.stop()
+        self.states.stop()
+
+
+def current_variants() -> Variants:
+    from flask import current_app
+    return current_app.extensions["variants"]
