@@ -66,6 +66,21 @@ class Variants:
         return {"variants_ready": self.ready, "async_results": len(self.async_requests.store),
                 "entities": {t: len(tab) for t, tab in self.states.tables.items()}, "websockets": self.sockets}
 
+    def on_broker_recovered(self) -> None:
+        """For the broker-recovery path: re-create the results/events topics if they vanished and position every
+        tail again. Not yet exercised against a real broker restart."""
+        if not self.started:
+            return
+        from .kafka.admin import ensure_topics, variant_topics
+
+        try:
+            ensure_topics(self.gw.config, variant_topics(self.gw.config))
+        except Exception as exc:  # noqa: BLE001 - the next recovery attempt tries again
+            log.error("could not re-create the results/events topics: %s", exc)
+        for tail in [self.async_requests.tail, *self.states.tails]:
+            if tail is not None:
+                tail.reposition()
+
     def stop(self) -> None:
         if not self.started:
             return

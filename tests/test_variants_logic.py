@@ -148,3 +148,18 @@ def test_config_variant_defaults_and_checks():
     for override, message in bad:
         with pytest.raises(ConfigError, match=message):
             parse_config({**BASE, **override})
+
+
+def test_docs_document_every_variant_config_key():
+    """docs/variants.md has one table row per key of the variants' config sections (tested against the schema)."""
+    from pathlib import Path
+
+    from gateway.config import schema_docs
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "variants.md").read_text()
+    own = ("async.", "websocket.", "state.", "services.<name>.answer_on", "services.<name>.async_timeout_ms",
+           "services.<name>.stream_")
+    keys = [k for k, *_ in schema_docs() if k.startswith(own)]
+    assert len(keys) == 25
+    missing = [k for k in keys if f"| `{k}` |" not in doc]
+    assert not missing, f"document these keys in docs/variants.md: {missing}"

@@ -120,6 +120,12 @@ class TopicTail:
                     except Exception:  # noqa: BLE001 - one bad record must not stop the tail
                         log.exception("record %s/%d@%d not handled", record.topic, record.partition, record.offset)
 
+    def reposition(self) -> None:
+        """Start over from the configured start position (after the broker lost its data, a position past the
+        new end would never see a record: brokers need not raise OffsetOutOfRange there)."""
+        self.caught_up.clear()
+        self.positioned.clear()   # the tail greenlet positions again before its next poll
+
     def wait_ready(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         self.positioned.wait(timeout_s)
