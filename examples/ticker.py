@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Iterator
 
 from gateway.responder import HTTPError, Request, Responder
 
@@ -30,7 +31,7 @@ def _int(req: Request, name: str, default: int, most: int) -> int:
 def count(req: Request):  # noqa: ANN201 - a generator: a streaming reply
     n, gap = _int(req, "n", 10, 100000), _int(req, "gap_ms", 0, 10000)
 
-    def items():
+    def items() -> Iterator[dict]:
         for i in range(n):
             if gap and i:
                 time.sleep(gap / 1000)

@@ -337,7 +337,7 @@ class ServiceConfig:
     content_types: list[str]
     key: dict[str, Any] | None
     reply_content_type: str
-    async_timeout_ms: int | None = None
+    async_timeout_ms: int = 0          # 0 before _build fills in timeout_ms
     stream_idle_timeout_ms: int = 10000
     stream_timeout_ms: int = 300000
     answer_on: dict[str, Any] | None = None

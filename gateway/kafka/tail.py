@@ -101,10 +101,9 @@ class TopicTail:
         assert consumer is not None
         while not self._stopping:
             try:
-                if not self.positioned.is_set():
-                    if not self._position():
-                        gevent.sleep(0.2)
-                        continue
+                if not self.positioned.is_set() and not self._position():
+                    gevent.sleep(0.2)      # the topic has no metadata yet
+                    continue
                 batches = consumer.poll(timeout_ms=100)
                 if not self.caught_up.is_set():
                     self._check_caught_up()
