@@ -29,9 +29,11 @@ def post_worker_init(worker):
     import logging
 
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    # the async-results and events tails first, so that a worker reports ready only once they are positioned
-    worker.wsgi.extensions["variants"].start(wait_ready=True)
+    # the async-results and events tails position while the reply side joins its group; the worker serves only
+    # after both (docs/variants.md)
+    worker.wsgi.extensions["variants"].start(wait_ready=False)
     worker.wsgi.extensions["gateway"].start(wait_ready=True)
+    worker.wsgi.extensions["variants"].wait_ready()
 
 
 def worker_exit(server, worker):

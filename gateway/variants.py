@@ -1,9 +1,10 @@
 """The per-worker side of the variants beyond request-reply (docs/variants.md): async results and entity states.
 
 ``app.extensions["variants"]``. Like :class:`gateway.runtime.Gateway`, nothing touches Kafka before
-:meth:`Variants.start`, which ``conf/gunicorn.conf.py`` calls in each worker after gevent patched and *before* the
-gateway starts, so a worker reports ready only after its tails are positioned (the events tails at their end,
-the results tail caught up with the retention window) or ``reply.startup_wait_ms`` passed.
+:meth:`Variants.start`, which ``conf/gunicorn.conf.py`` calls in each worker after gevent patched, next to the
+gateway's start; ``post_worker_init`` returns (and the worker serves) only after :meth:`Variants.wait_ready`: its
+tails are positioned (the events tails at their end, the results tail caught up with the retention window) or
+``reply.startup_wait_ms`` passed.
 
 Streaming and websockets need no state of their own here: they ride on ``Gateway.send_request`` with a
 :class:`gateway.pending.Callback` waiter.
@@ -30,6 +31,7 @@ class Variants:
         self.states = StateWatcher(gw)
         self.started = False
         self.sockets = 0           # open websockets in this worker
+        self._deadline = 0.0
 
     def start(self, wait_ready: bool = True) -> bool:
         if self.started:
@@ -47,15 +49,19 @@ class Variants:
         if actual.get(results, config.async_["partitions"]) != config.async_["partitions"]:
             log.warning("results topic %s has %d partitions, config says %d; using %d", results, actual[results],
                         config.async_["partitions"], actual[results])
+        self._deadline = time.monotonic() + config.reply["startup_wait_ms"] / 1000
         self.async_requests.start(actual.get(results))
         self.states.start()
-        if wait_ready:
-            deadline = time.monotonic() + config.reply["startup_wait_ms"] / 1000
-            tails = [self.async_requests.tail, *self.states.tails]
-            for tail in tails:
-                tail.wait_ready(max(0.0, deadline - time.monotonic()))
-            if not self.ready:
-                log.error("async results / events tails not positioned after %d ms", config.reply["startup_wait_ms"])
+        return self.wait_ready() if wait_ready else self.ready
+
+    def wait_ready(self) -> bool:
+        """Block (gevent-friendly) until every tail is positioned and caught up, or ``reply.startup_wait_ms`` after
+        :meth:`start` passed (the same budget as the reply side's, running at the same time)."""
+        for tail in [self.async_requests.tail, *self.states.tails]:
+            tail.wait_ready(max(0.0, self._deadline - time.monotonic()))
+        if not self.ready:
+            log.error("async results / events tails not positioned within reply.startup_wait_ms (%d ms)",
+                      self.gw.config.reply["startup_wait_ms"])
         return self.ready
 
     @property

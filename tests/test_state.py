@@ -108,7 +108,7 @@ def test_conditional_get_waits_for_the_next_change(state_gateway, broker):
     assert current.status_code == 200 and current.headers["ETag"] == '"2"'
     started = time.monotonic()
     r = requests.get(url, headers={"If-None-Match": '"2"', "Prefer": "wait=1"}, timeout=10)
-    assert r.status_code == 304 and r.headers["ETag"] == '"2"' and 0.9 < time.monotonic() - started < 3
+    assert r.status_code == 304 and r.headers["ETag"] == '"2"' and 0.9 < time.monotonic() - started < 6
     r = requests.get(url, headers={"If-None-Match": '"1"', "Prefer": "wait=5"}, timeout=10)
     assert r.status_code == 200 and r.json()["version"] == 2   # stale ETag: the current state at once
 

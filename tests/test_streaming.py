@@ -47,7 +47,7 @@ def test_idle_gap_ends_the_stream_with_an_error_line(gateway):
         items = lines(r)
     assert items[:2] == [{"i": 0}, {"i": 1}] and len(items) == 3
     assert items[2]["code"] == "stream_idle" and items[2]["status"] == 504 and "correlation_id" in items[2]
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 8
 
 
 def test_service_error_mid_stream_is_the_last_line(gateway):
