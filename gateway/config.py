@@ -13,14 +13,15 @@ Every error names the key and says what to change; :func:`load_config` raises :c
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
-import tomllib
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import tomllib
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from .errors import ConfigError
@@ -350,9 +351,9 @@ class Config:
     limits: dict[str, Any]
     http: dict[str, tuple[str, ...]]
     services: dict[str, ServiceConfig]
-    async_: dict[str, Any] = dc_field(default_factory=lambda: AsyncSchema().load({}))
-    websocket: dict[str, Any] = dc_field(default_factory=lambda: WebsocketSchema().load({}))
-    state: dict[str, Any] = dc_field(default_factory=lambda: StateSchema().load({}))
+    async_: dict[str, Any] = dataclasses.field(default_factory=lambda: AsyncSchema().load({}))
+    websocket: dict[str, Any] = dataclasses.field(default_factory=lambda: WebsocketSchema().load({}))
+    state: dict[str, Any] = dataclasses.field(default_factory=lambda: StateSchema().load({}))
 
     def kafka_client_kwargs(self) -> dict[str, Any]:
         """Connection settings common to every kafka-python client."""
