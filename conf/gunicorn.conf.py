@@ -9,7 +9,7 @@ import tempfile
 
 bind = os.environ.get("GATEWAY_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gevent"
+worker_class = "gateway.worker.GatewayWorker"  # gunicorn's gevent worker + prompt graceful stop
 worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "10000"))
 keepalive = 75
 control_socket_disable = True  # several gateways on one host must not fight over one socket
@@ -24,10 +24,27 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
 
 
+def on_starting(server):
+    """Validate the configuration in the master, before any worker forks: a bad config stops the start with a
+    message naming the key and the fix, and a non-zero exit code (gateway.config imports no Kafka)."""
+    import sys
+
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+
+    try:
+        load_config()
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def post_worker_init(worker):
     """Runs in the worker after gevent patched and the app was loaded: start the Kafka side."""
     import logging
 
+    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: "
+                        "%(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     # the async-results and events tails position while the reply side joins its group; the worker serves only
     # after both (docs/variants.md)

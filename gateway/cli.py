@@ -4,6 +4,7 @@
     gateway broker         run the embedded broker in the foreground
     gateway topics         create the missing topics (reply topic and every service's request topic)
     gateway check-config   validate the configuration and print what it defines
+    gateway config-docs    print every setting as a markdown table (the README's is this output)
 """
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ def cmd_check_config(_: argparse.Namespace) -> int:
     print(f"reply topic: {cfg.reply['topic']} ({cfg.reply['partitions']} partitions), group {cfg.reply['group_id']}")
     for svc in cfg.services.values():
         print(f"service {svc.name}: topic {svc.topic}, {'/'.join(svc.methods)}, timeout {svc.timeout_ms} ms")
+    return 0
+
+
+def cmd_config_docs(_: argparse.Namespace) -> int:
+    from .config import config_table
+
+    print(config_table())
     return 0
 
 
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_broker)
     sub.add_parser("topics", help="create missing topics").set_defaults(func=cmd_topics)
     sub.add_parser("check-config", help="validate the configuration").set_defaults(func=cmd_check_config)
+    sub.add_parser("config-docs", help="print the configuration table (markdown)").set_defaults(func=cmd_config_docs)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -103,6 +103,11 @@ class ReplySchema(_Strict):
                                                  "of all instances, or some worker owns none and stays not-ready."})
     group_id = fields.String(load_default="kafka-rest-gateway", validate=validate.Length(min=1),
                              metadata={"doc": "Consumer group of the gateway workers on the reply topic."})
+    poll_interval_ms = fields.Integer(load_default=5, validate=validate.Range(min=1, max=1000),
+                                      metadata={"doc": "Longest a reply reader's poll blocks. Under gevent, "
+                                                       "kafka-python's poll does not always wake when a fetch "
+                                                       "completes: a short poll bounds the added reply latency "
+                                                       "(measured: 100 ms poll -> 106 ms p50, 5 ms -> 22 ms)."})
     startup_wait_ms = fields.Integer(load_default=20000, validate=validate.Range(min=0),
                                      metadata={"doc": "How long a starting worker waits to own a reply partition "
                                                       "before it starts serving anyway (and reports not-ready)."})
@@ -372,7 +377,10 @@ def _flatten_errors(messages: Any, prefix: str = "") -> list[str]:
     out: list[str] = []
     if isinstance(messages, dict):
         for key, value in messages.items():
-            path = f"{prefix}.{key}" if prefix and key != "_schema" else (prefix or str(key))
+            if key in ("_schema", "value"):  # schema-level errors; Dict fields nest values under "value"
+                path = prefix or str(key)
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
             out.extend(_flatten_errors(value, path))
     elif isinstance(messages, list):
         for m in messages:
@@ -415,7 +423,8 @@ def apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         try:
             reply["partitions"] = int(env["GATEWAY_REPLY_PARTITIONS"])
         except ValueError:
-            raise ConfigError(f"GATEWAY_REPLY_PARTITIONS={env['GATEWAY_REPLY_PARTITIONS']!r} is not a whole number")
+            raise ConfigError(
+                f"GATEWAY_REPLY_PARTITIONS={env['GATEWAY_REPLY_PARTITIONS']!r} is not a whole number") from None
         raw["reply"] = reply
     return raw
 
@@ -459,3 +468,12 @@ def schema_docs() -> list[tuple[str, str, str, str]]:
             rows.append((f"{section}.{name}", type(field).__name__, repr(default) if not callable(default) else "",
                          field.metadata.get("doc", "")))
     return rows
+
+
+def config_table() -> str:
+    """The README's configuration table, generated from the schema (``gateway config-docs``)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, kind, default, doc in schema_docs():
+        default = default.replace("|", "\\|")
+        lines.append(f"| `{key}` | {kind} | {'`' + default + '`' if default else ''} | {doc} |")
+    return "\n".join(lines)

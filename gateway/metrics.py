@@ -7,9 +7,18 @@ the scrape. Without it (a single process), the default registry is used.
 from __future__ import annotations
 
 import os
+import struct
+import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -33,11 +42,17 @@ REBALANCES = Counter("gateway_rebalances_total", "Reply-group assignments receiv
 
 
 def render() -> tuple[bytes, str]:
-    if MULTIPROC:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+    if not MULTIPROC:
+        return generate_latest(), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    for _ in range(5):
+        try:
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        except struct.error:
+            # a worker that is just starting has created its file but not sized it yet: read again
+            time.sleep(0.01)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 def mark_worker_dead(pid: int) -> None:

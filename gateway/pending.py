@@ -106,20 +106,20 @@ class PendingTable:
         self._waiters[waiter.correlation_id] = waiter
         self._per_partition[waiter.partition] += 1
 
-    def remove(self, correlation_id: bytes) -> Waiter | None:
+    def remove(self, correlation_id: bytes, answered: bool = False) -> Waiter | None:
+        """Drop an entry (answered, timed out or abandoned). Only answered ids are remembered, so that a second
+        reply for them counts as a duplicate while a reply after a timeout counts as late."""
         waiter = self._waiters.pop(correlation_id, None)
         if waiter is not None:
-            self._forget(waiter)
+            p = waiter.partition
+            self._per_partition[p] -= 1
+            if self._per_partition[p] <= 0:
+                del self._per_partition[p]
+            if answered:
+                self._finished[correlation_id] = None
+                if len(self._finished) > self._remember:
+                    self._finished.popitem(last=False)
         return waiter
-
-    def _forget(self, waiter: Waiter) -> None:
-        p = waiter.partition
-        self._per_partition[p] -= 1
-        if self._per_partition[p] <= 0:
-            del self._per_partition[p]
-        self._finished[waiter.correlation_id] = None
-        if len(self._finished) > self._remember:
-            self._finished.popitem(last=False)
 
     def resolve(self, reply: Reply) -> Outcome:
         waiter = self._waiters.get(reply.correlation_id)
@@ -128,7 +128,7 @@ class PendingTable:
                 return Outcome.FOREIGN
             return Outcome.DUPLICATE if reply.correlation_id in self._finished else Outcome.LATE
         if waiter.deliver(reply):
-            self.remove(reply.correlation_id)
+            self.remove(reply.correlation_id, answered=True)
         return Outcome.DELIVERED
 
     def pending_on(self, partition: int) -> int:

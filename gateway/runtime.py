@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from . import metrics
 from .errors import BrokerUnavailable, GatewayError, NotReady, ReplyTimeout
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .protocol import Reply
 
 log = logging.getLogger(__name__)
+W = TypeVar("W", bound=Waiter)
 
 
 class _NotStarted:
@@ -48,6 +49,8 @@ class Gateway:
         self.stopping = False
         self._broker_down_since: float | None = None
         self._probe = None
+        # requests whose record the broker has not acknowledged yet: failed at once (503) if the broker goes away
+        self._unacked: dict[bytes, Waiter] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self, wait_ready: bool = True) -> bool:
@@ -63,6 +66,7 @@ class Gateway:
         from .kafka.replies import GroupMembership, ReplyReader
 
         reply_topic = self.config.reply["topic"]
+        t0 = time.monotonic()
         try:
             actual = ensure_topics(self.config, {reply_topic: self.config.reply["partitions"]})[reply_topic]
         except Exception as exc:  # noqa: BLE001 - the broker may be down at start; recovery recreates it
@@ -72,6 +76,7 @@ class Gateway:
             log.warning("reply topic %s has %d partitions, config says %d; minting keys for %d",
                         reply_topic, actual, self.config.reply["partitions"], actual)
         self.router = ReplyRouter(actual)
+        t_topics = time.monotonic() - t0
 
         k = self.config.kafka
         self.producer = KafkaProducer(
@@ -80,21 +85,24 @@ class Gateway:
             compression_type=k["compression_type"], retries=3,
             delivery_timeout_ms=max(k["request_timeout_ms"] * 2, 10000),
             max_request_size=max(1048576, self.config.limits["max_body_bytes"] + 65536))
+        t_producer = time.monotonic() - t0
         self.reader = ReplyReader(self.config, self.pending, self.router)
-        self.reader.start()
+        self.reader.start(borrow_ms=self.config.reply["startup_wait_ms"])
         self.membership = GroupMembership(self.config, self.reader.set_target)
         self.membership.start()
         self._probe = gevent.spawn(self._probe_broker)
-        if wait_ready:
+        if wait_ready:  # until a partition is positioned (a borrowed one: well under a second)
             self.reader.positioned.wait(self.config.reply["startup_wait_ms"] / 1000)
         ready = self.ready
+        log.info("kafka side started in %.2fs (reply topic checked %.2fs, producer %.2fs)", time.monotonic() - t0,
+                 t_topics, t_producer)
         metrics.WORKERS_READY.set(1 if ready else 0)
         if ready:
-            log.info("worker ready: reply partitions %s of %s", list(self.router.owned), reply_topic)
+            log.info("worker ready: minting on reply partitions %s of %s%s", list(self.router.owned), reply_topic,
+                     " (borrowed until the group assigns this worker its own)" if self.reader.borrowed else "")
         else:
-            log.error("worker NOT ready after %d ms: it owns no reply partition of %s (partitions=%d). Is the "
-                      "broker up, and does the reply topic have a partition for every worker?",
-                      self.config.reply["startup_wait_ms"], reply_topic, self.router.num_partitions)
+            log.error("worker NOT ready after %d ms: no reply partition of %s (partitions=%d) is positioned. Is "
+                      "the broker up?", self.config.reply["startup_wait_ms"], reply_topic, self.router.num_partitions)
         return ready
 
     def stop(self) -> None:
@@ -105,10 +113,11 @@ class Gateway:
             return
         if self._probe is not None:
             self._probe.kill(block=False)
-        self.membership.stop()
-        self.reader.stop()
+        quick = not self.broker_up  # nothing to say goodbye to: do not wait for a broker that is gone
+        self.membership.stop(timeout_ms=300 if quick else 3000)
+        self.reader.stop(timeout_ms=300 if quick else 2000)
         try:
-            self.producer.close(timeout=3)
+            self.producer.close(timeout=0.3 if quick else 3)
         except Exception:  # noqa: BLE001
             log.warning("producer did not close cleanly", exc_info=True)
         self.pending.fail_all(NotReady("the worker is shutting down"))
@@ -120,22 +129,51 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.stopping and self.broker_up and bool(self.router.owned)
+        """Serving, broker reachable, and minting on an assigned partition (or on a borrowed one while the
+        group has had less than reply.startup_wait_ms to assign one)."""
+        return (self.started and not self.stopping and self.broker_up and bool(self.router.owned)
+                and not self.reader.borrowing_expired)
 
     def readiness(self) -> dict[str, Any]:
         return {"ready": self.ready, "started": self.started, "stopping": self.stopping,
-                "broker_up": self.broker_up, "owned_partitions": list(self.router.owned),
+                "broker_up": self.broker_up, "owned_partitions": sorted(self.reader.owned) if self.started else [],
+                "minting_partitions": list(self.router.owned),
+                "borrowed_partitions": sorted(self.reader.borrowed) if self.started else [],
                 "read_partitions": sorted(self.reader.reading) if self.started else [],
                 "pending": len(self.pending)}
 
     def _mark_broker(self, up: bool) -> None:
         if up and self._broker_down_since is not None:
-            log.warning("broker reachable again after %.1fs", time.monotonic() - self._broker_down_since)
+            log.warning("broker reachable again after %.1fs; recovering", time.monotonic() - self._broker_down_since)
+            self._recover()
             self._broker_down_since = None
         elif not up and self._broker_down_since is None:
             log.error("broker unreachable: failing requests fast with 503 until it is back")
             self._broker_down_since = time.monotonic()
+            unacked, self._unacked = self._unacked, {}
+            for waiter in unacked.values():
+                waiter.fail(BrokerUnavailable("the Kafka broker became unreachable before it took the request"))
         metrics.WORKERS_READY.set(1 if self.ready else 0)
+
+    def _recover(self) -> None:
+        """The broker is back: it may have come back empty (topics and group gone). Re-create the topics with
+        their configured partitions, refresh metadata, and let the reader re-check its positions. The group
+        membership rejoins by itself (with a watchdog for stuck rejoins)."""
+        from .kafka.admin import ensure_topics, wanted_topics
+
+        for attempt in range(10):
+            try:
+                ensure_topics(self.config, wanted_topics(self.config))
+                break
+            except Exception as exc:  # noqa: BLE001 - the broker may still be starting
+                log.warning("re-creating topics failed (%s); retry %d", exc, attempt + 1)
+                import gevent
+                gevent.sleep(0.5)
+        try:
+            self.producer._metadata.request_update()  # noqa: SLF001 - do not write into partitions that vanished
+        except Exception:  # noqa: BLE001
+            log.debug("metadata refresh request failed", exc_info=True)
+        self.reader.request_recheck()
 
     def _probe_broker(self) -> None:
         """Every second, can we open a TCP connection to any bootstrap server? Fast-fail needs a signal that does
@@ -161,9 +199,9 @@ class Gateway:
         if not self.broker_up:
             raise BrokerUnavailable("the Kafka broker is unreachable; retry shortly")
 
-    def send_request(self, svc: ServiceConfig, waiter_factory, *, method: str, path: str, query: str,  # noqa: ANN001
-                     content_type: str | None, http_headers: Iterable[tuple[str, str]], body: bytes,
-                     key: bytes | None, timeout_ms: int | None = None) -> Waiter:
+    def send_request(self, svc: ServiceConfig, waiter_factory: Callable[[bytes, int, float], W], *, method: str,
+                     path: str, query: str, content_type: str | None, http_headers: Iterable[tuple[str, str]],
+                     body: bytes, key: bytes | None, timeout_ms: int | None = None) -> W:
         """Mint ids, register a waiter, produce the request record. The caller waits on and removes the waiter."""
         self.check_ready()
         route = self.router.next()
@@ -188,10 +226,13 @@ class Gateway:
             raise BrokerUnavailable(f"could not hand the request to Kafka: {type(exc).__name__}") from None
 
         def on_error(exc: BaseException) -> None:
+            self._unacked.pop(correlation_id, None)
             metrics.PRODUCE_ERRORS.labels(svc.name).inc()
             log.warning("request %s to %s not delivered: %s", correlation_id.hex(), svc.topic, exc)
             waiter.fail(BrokerUnavailable(f"Kafka did not accept the request: {type(exc).__name__}"))
 
+        self._unacked[correlation_id] = waiter
+        future.add_callback(lambda _: self._unacked.pop(correlation_id, None))
         future.add_errback(on_error)
         return waiter
 
@@ -214,4 +255,5 @@ class Gateway:
             raise
         finally:
             self.pending.remove(waiter.correlation_id)
+            self._unacked.pop(waiter.correlation_id, None)
             metrics.IN_FLIGHT.labels(svc.name).dec()

@@ -148,7 +148,7 @@ class GunicornGateway(Process):
         self.url = f"http://127.0.0.1:{self.port}"
 
     def metrics(self) -> str:
-        return requests.get(self.url + "/metrics", timeout=5).text
+        return requests.get(self.url + "/metrics", timeout=20).text
 
     def wait_ready(self, timeout_s: float = 60, workers: int | None = None) -> None:
         want = self.workers if workers is None else workers

@@ -24,7 +24,7 @@ SESSION_SERVICES = {
     "basket": {"topic": "basket.requests", "methods": ["GET", "POST", "DELETE"], "timeout_ms": 5000,
                "key": {"source": "path", "segment": 1}},
     "echo": {"topic": "echo.requests", "methods": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-             "content_types": ["*/*"], "timeout_ms": 5000},
+             "content_types": ["*/*"], "timeout_ms": 20000},
     "jsononly": {"topic": "echo.requests.json", "methods": ["POST"], "content_types": ["application/json"],
                  "key": {"source": "json", "field": "customer_id"}},
     "blackhole": {"topic": "blackhole.requests", "methods": ["GET", "POST"], "timeout_ms": 800},
@@ -90,7 +90,7 @@ def gateway(session_config: Path, broker: EmbeddedBroker, example_services: dict
         gw.wait_ready(60)
         # the example services join their groups in the background; wait until each answers
         for path in ("/echo/ping", "/orders/none", "/customers/none", "/basket/none"):
-            wait_until(lambda: requests.get(gw.url + path, timeout=10).status_code in (200, 404), 60, 0.2,
+            wait_until(lambda p=path: requests.get(gw.url + p, timeout=10).status_code in (200, 404), 60, 0.2,
                        f"{path} answered")
         wait_until(lambda: requests.post(gw.url + "/jsononly", json={}, timeout=10).status_code == 200, 60, 0.2,
                    "jsononly answered")

@@ -1,7 +1,6 @@
 """The reply-key minting must agree with Kafka's default partitioner, or replies go to the wrong worker."""
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -19,7 +18,10 @@ def test_murmur2_matches_kafka_python_on_random_keys():
             assert murmur2(data) & 0xFFFFFFFF == kafka_murmur2(data), data
 
 
-@pytest.mark.parametrize("known,expected", [(b"21", -973932308), (b"foobar", -790332482), (b"a-little-bit-long-string", -985981536), (b"a-little-bit-longer-string", -1486304829), (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971), (b"abc", 479470107)])
+@pytest.mark.parametrize("known,expected", [
+    (b"21", -973932308), (b"foobar", -790332482), (b"a-little-bit-long-string", -985981536),
+    (b"a-little-bit-longer-string", -1486304829), (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+    (b"abc", 479470107)])
 def test_murmur2_java_reference_values(known, expected):
     # values from org.apache.kafka.common.utils.UtilsTest#testMurmur2
     assert murmur2(known) == expected

@@ -15,6 +15,7 @@ during the handover; each keeps its own (the correlation id carries the worker's
 from __future__ import annotations
 
 import logging
+import random
 import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -50,15 +51,21 @@ class GroupMembership(ConsumerRebalanceListener):
         self._since_unassigned = time.monotonic()
 
     def start(self) -> None:
+        self._consumer = self._new_consumer()
+        self._greenlet = gevent.spawn(self._run)
+
+    def _new_consumer(self) -> KafkaConsumer:
         k = self.config.kafka
-        self._consumer = KafkaConsumer(
+        consumer = KafkaConsumer(
             **self.config.kafka_client_kwargs(), group_id=self.config.reply["group_id"],
             enable_auto_commit=False, session_timeout_ms=k["session_timeout_ms"],
             heartbeat_interval_ms=k["heartbeat_interval_ms"],
-            max_poll_interval_ms=max(30000, k["session_timeout_ms"] * 3),
+            # = the rebalance timeout: how long a rebalance waits for members that vanished mid-way. This member
+            # polls every 200 ms, so it can be short; a long one stalls new workers' first assignment.
+            max_poll_interval_ms=k["session_timeout_ms"],
             partition_assignment_strategy=[StickyPartitionAssignor])
-        self._consumer.subscribe([self.topic], listener=self)
-        self._greenlet = gevent.spawn(self._run)
+        consumer.subscribe([self.topic], listener=self)
+        return consumer
 
     # ConsumerRebalanceListener: called inside poll(), in this greenlet
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
@@ -81,25 +88,38 @@ class GroupMembership(ConsumerRebalanceListener):
         self.on_partitions_revoked(lost)
 
     def _run(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
         stuck_after = 2 * self.config.kafka["session_timeout_ms"] / 1000
+        nudged = False
         while not self._stopping:
+            consumer = self._consumer
+            assert consumer is not None
             try:
                 consumer.poll(timeout_ms=200)
-            except Exception:  # noqa: BLE001 - keep the member alive; the client reconnects by itself
-                log.exception("reply-group poll failed; retrying")
+            except Exception as exc:  # noqa: BLE001 - keep the member alive; the client reconnects by itself
+                log.warning("reply-group poll failed (%s: %s); retrying", type(exc).__name__, exc)
                 gevent.sleep(0.5)
                 continue
             if consumer.assignment():
                 self._since_unassigned = time.monotonic()
+                nudged = False
             elif time.monotonic() - self._since_unassigned > stuck_after:
-                # kafka-python sometimes stays "rebalancing" without rejoining (TANSU.md): ask again.
-                log.warning("no reply-partition assignment for %.1fs; requesting a rejoin", stuck_after)
-                consumer._coordinator.request_rejoin()  # noqa: SLF001
+                # kafka-python can stay "rebalancing" for good (TANSU.md). First ask for a rejoin; if that does
+                # not help either, start over with a fresh member (it only carries ownership, nothing else).
                 self._since_unassigned = time.monotonic()
+                if not nudged:
+                    log.warning("no reply-partition assignment for %.1fs; requesting a rejoin", stuck_after)
+                    consumer._coordinator.request_rejoin()  # noqa: SLF001
+                    nudged = True
+                else:
+                    log.warning("still no reply-partition assignment; re-creating the group member")
+                    try:
+                        consumer.close(autocommit=False, timeout_ms=1000)
+                    except Exception:  # noqa: BLE001
+                        log.debug("closing the stuck member failed", exc_info=True)
+                    self._consumer = self._new_consumer()
+                    nudged = False
 
-    def stop(self) -> None:
+    def stop(self, timeout_ms: int = 3000) -> None:
         """Leave the group cleanly (partitions move to the other members at once, not after a session timeout)."""
         self._stopping = True
         if self._greenlet is not None:
@@ -107,7 +127,7 @@ class GroupMembership(ConsumerRebalanceListener):
             self._greenlet.kill(block=False)
         if self._consumer is not None:
             try:
-                self._consumer.close(autocommit=False, timeout_ms=3000)
+                self._consumer.close(autocommit=False, timeout_ms=timeout_ms)
             except Exception:  # noqa: BLE001
                 log.warning("reply-group consumer did not close cleanly", exc_info=True)
 
@@ -124,14 +144,46 @@ class ReplyReader:
         self._greenlet: gevent.Greenlet | None = None
         self._stopping = False
         self._target: set[int] | None = None   # the latest group assignment, applied by the reader greenlet
+        self._owned: set[int] = set()            # the group assignment in force
+        self.borrowed: set[int] = set()          # see start()
+        self._borrow_until = 0.0
         self.reading: set[int] = set()
-        self.positioned = Event()                # set once some owned partition is positioned
+        self.positioned = Event()                # set once a partition keys are minted for is positioned
+        self._recheck = False
 
-    def start(self) -> None:
+    def request_recheck(self) -> None:
+        """After a broker outage: positions past the end of a partition mean the log was recreated (a broker
+        that lost its data). Kafka would raise OffsetOutOfRange; not every broker does, so check by hand."""
+        self._recheck = True
+
+    def _recheck_positions(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        tps = [TopicPartition(self.topic, p) for p in sorted(self.reading)]
+        ends = consumer.end_offsets(tps) if tps else {}
+        self._recheck = False
+        for tp in tps:
+            if consumer.position(tp) > ends.get(tp, 0):
+                log.warning("reply partition %d was recreated (position past its end %d): reading it from the "
+                            "start", tp.partition, ends.get(tp, 0))
+                consumer.seek(tp, 0)
+
+    def start(self, borrow_ms: int = 0) -> None:
+        """With *borrow_ms*, read one random partition right away and mint keys for it until the group assigns
+        this worker its own (at most *borrow_ms*). Any worker may read any reply partition (each keeps only its
+        own replies), so a new worker serves within a second instead of waiting for the group, whose first
+        assignment takes seconds; after a gunicorn HUP, when the old workers have already gone, that wait would
+        be an outage."""
+        if borrow_ms > 0:
+            self.borrowed = {random.randrange(self.router.num_partitions)}
+            self._borrow_until = time.monotonic() + borrow_ms / 1000
+            self._target = set()  # apply (and position) the borrowed partition at once
         k = self.config.kafka
         self._consumer = KafkaConsumer(
             **self.config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
-            fetch_max_wait_ms=k["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="latest",
+            # New partitions are positioned explicitly (seek_to_end); "earliest" only applies when a position
+            # falls off the log (topic recreated): then every record in it is new, and may be a reply we await.
+            fetch_max_wait_ms=k["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="earliest",
             max_poll_records=2000)
         self._greenlet = gevent.spawn(self._run)
 
@@ -142,10 +194,18 @@ class ReplyReader:
     def _apply(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        target = self._target
-        owned = set(self.router.owned) if target is None else target
-        in_use = self.pending.partitions_in_use()
-        want = owned | (self.reading & in_use)
+        changed = False
+        if self._target is not None:
+            self._owned, self._target, changed = self._target, None, True
+        if self._owned and self.borrowed:
+            self.borrowed, changed = set(), True
+        elif self.borrowed and self._borrow_until and time.monotonic() > self._borrow_until:
+            self._borrow_until = 0.0  # say it once; keep serving on the borrowed partition (nothing is lost)
+            log.error("no reply partition assigned within reply.startup_wait_ms: this worker reports not-ready "
+                      "and keeps minting on borrowed partition %s. Does the reply topic have a partition for "
+                      "every gateway worker of every instance?", sorted(self.borrowed))
+        mint = self._owned or self.borrowed
+        want = mint | (self.reading & self.pending.partitions_in_use())
         if want != self.reading:
             added = want - self.reading
             consumer.assign([TopicPartition(self.topic, p) for p in sorted(want)])
@@ -159,14 +219,21 @@ class ReplyReader:
                 log.info("reply partitions %s drained and released", sorted(dropped))
             self.reading = want
             metrics.READING_PARTITIONS.set(len(want))
-        if target is not None:
-            self._target = None
-            self.router.set_owned(target)
-            metrics.OWNED_PARTITIONS.set(len(target))
-            if target:
+        if changed:
+            self.router.set_owned(mint)  # only now: every partition in it is positioned
+            metrics.OWNED_PARTITIONS.set(len(self._owned))
+            if mint:
                 self.positioned.set()
             else:
                 self.positioned.clear()
+
+    @property
+    def owned(self) -> set[int]:
+        return set(self._owned)
+
+    @property
+    def borrowing_expired(self) -> bool:
+        return bool(self.borrowed) and not self._borrow_until
 
     def _run(self) -> None:
         consumer = self._consumer
@@ -174,15 +241,18 @@ class ReplyReader:
         while not self._stopping:
             try:
                 self._apply()
+                if self._recheck:
+                    self._recheck_positions()
                 if not self.reading:
                     gevent.sleep(0.05)
                     continue
-                batches = consumer.poll(timeout_ms=100)
-            except Exception:  # noqa: BLE001 - the client reconnects by itself; never let the reader die
-                log.exception("reply reader poll failed; retrying")
+                batches = consumer.poll(timeout_ms=self.config.reply["poll_interval_ms"])
+            except Exception as exc:  # noqa: BLE001 - the client reconnects by itself; never let the reader die
+                log.warning("reply reader: %s: %s; retrying", type(exc).__name__, exc)
+                log.debug("reply reader error", exc_info=True)
                 gevent.sleep(0.5)
                 continue
-            for tp, records in batches.items():
+            for records in batches.values():
                 for record in records:
                     self._dispatch(record)
 
@@ -198,13 +268,13 @@ class ReplyReader:
         if outcome is Outcome.LATE or outcome is Outcome.DUPLICATE:
             log.info("%s reply for %s dropped", outcome.value, reply.correlation_id.hex())
 
-    def stop(self) -> None:
+    def stop(self, timeout_ms: int = 2000) -> None:
         self._stopping = True
         if self._greenlet is not None:
             self._greenlet.join(timeout=2)
             self._greenlet.kill(block=False)
         if self._consumer is not None:
             try:
-                self._consumer.close(autocommit=False, timeout_ms=2000)
+                self._consumer.close(autocommit=False, timeout_ms=timeout_ms)
             except Exception:  # noqa: BLE001
                 log.warning("reply reader did not close cleanly", exc_info=True)

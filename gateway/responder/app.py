@@ -86,7 +86,7 @@ def _encode_body(body: Any) -> tuple[bytes, str | None]:
     return json.dumps(body).encode(), "application/json"
 
 
-def _problem(status: int, detail: str, **extra: Any) -> tuple[int, dict[str, str], bytes, str]:
+def _problem(status: int, detail: str, **extra: Any) -> tuple[int, dict[str, str], bytes, str | None]:
     body = {"title": "error", "status": status, "detail": detail, **extra}
     return status, {}, json.dumps(body).encode(), "application/problem+json"
 
@@ -183,16 +183,30 @@ class Responder:
         if isinstance(result, GeneratorType):
             yield from self._stream(req, result)
             return
-        status, headers, body = 200, {}, result
+        try:
+            status, headers, data, ctype = self._encode_result(result)
+        except Exception as exc:  # noqa: BLE001 - e.g. a body JSON cannot encode: still answer
+            self.stats["errors"] += 1
+            log.exception("reply of %s %s could not be encoded", req.method, req.path)
+            status, headers, data, ctype = _problem(500, f"{self.name} failed: {type(exc).__name__}")
+        yield P.reply_headers(req.correlation_id, status, ctype, headers.items()), data
+
+    @staticmethod
+    def _encode_result(result: Any) -> tuple[int, dict[str, str], bytes, str | None]:
+        status, body = 200, result
+        headers: dict[str, str] = {}
         if isinstance(result, tuple):
             if len(result) == 2:
                 status, body = result
             elif len(result) == 3:
                 status, headers, body = result
+            else:
+                raise TypeError("a handler returns body, (status, body) or (status, headers, body)")
         data, ctype = _encode_body(body)
-        ctype = {k.lower(): v for k, v in headers.items()}.pop("content-type", ctype)
-        extra = [(k, v) for k, v in headers.items() if k.lower() != "content-type"]
-        yield P.reply_headers(req.correlation_id, status, ctype, extra), data
+        headers = dict(headers)
+        for name in [k for k in headers if k.lower() == "content-type"]:
+            ctype = headers.pop(name)
+        return int(status), headers, data, ctype
 
     def _stream(self, req: Request, items: Iterator[Any]) -> Iterator[tuple[list, bytes]]:
         seq = 0
@@ -230,28 +244,53 @@ class Responder:
             enable_idempotence=False, max_block_ms=5000)
         log.info("%s: consuming %s as group %s", self.name, self.topic, self.group_id)
         unassigned_since = time.monotonic()
+        next_check = time.monotonic() + 5
         try:
             while not self._stop.is_set():
-                batches = consumer.poll(timeout_ms=200)
-                if consumer.assignment():
-                    self.ready.set()
-                    unassigned_since = time.monotonic()
-                elif time.monotonic() - unassigned_since > 2 * session_ms / 1000:
-                    # kafka-python can stay "rebalancing" without rejoining (see TANSU.md): ask again
-                    consumer._coordinator.request_rejoin()  # noqa: SLF001
-                    unassigned_since = time.monotonic()
-                if not batches:
-                    continue
-                for records in batches.values():
-                    for record in records:
-                        self._process(producer, record)
-                producer.flush(timeout=10)
-                consumer.commit()
+                try:
+                    if time.monotonic() > next_check:  # only reached after 5 s without a record
+                        next_check = time.monotonic() + 5
+                        self._rewind_recreated(consumer)
+                    batches = consumer.poll(timeout_ms=200)
+                    if batches:
+                        next_check = time.monotonic() + 5
+                    if consumer.assignment():
+                        self.ready.set()
+                        unassigned_since = time.monotonic()
+                    elif time.monotonic() - unassigned_since > 2 * session_ms / 1000:
+                        # kafka-python can stay "rebalancing" without rejoining (see TANSU.md): ask again
+                        consumer._coordinator.request_rejoin()  # noqa: SLF001
+                        unassigned_since = time.monotonic()
+                    if not batches:
+                        continue
+                    for records in batches.values():
+                        for record in records:
+                            self._process(producer, record)
+                    producer.flush(timeout=10)
+                    consumer.commit()
+                except Exception:  # noqa: BLE001 - broker away, group gone, commit after a rebalance: go on
+                    log.exception("%s: consume loop error; retrying", self.name)
+                    self._stop.wait(0.5)
         finally:
             producer.flush(timeout=5)
             producer.close(timeout=5)
             consumer.close()
             log.info("%s stopped: %s", self.name, self.stats)
+
+    def _rewind_recreated(self, consumer: Any) -> None:
+        """A position past a partition's end means the topic was recreated (a broker that lost its data came
+        back); Kafka raises OffsetOutOfRange there, not every broker does. Read such a partition from the start."""
+        try:
+            tps = list(consumer.assignment())
+            if not tps:
+                return
+            ends = consumer.end_offsets(tps)
+            for tp in tps:
+                if consumer.position(tp) > ends.get(tp, 0):
+                    log.warning("%s: partition %d was recreated; reading it from the start", self.name, tp.partition)
+                    consumer.seek(tp, 0)
+        except Exception as exc:  # noqa: BLE001 - the broker may be away; try again later
+            log.debug("position check failed: %s", exc)
 
     def _process(self, producer: Any, record: Any) -> None:
         try:
@@ -259,6 +298,8 @@ class Responder:
         except Exception:  # noqa: BLE001 - a malformed request must not stop the service
             self.stats["invalid"] += 1
             log.exception("unreadable request at %s/%d@%d", record.topic, record.partition, record.offset)
+            return
+        if dest is None:
             return
         for headers, value in replies:
             producer.send(dest["topic"], value=value, key=dest["key"], headers=headers,

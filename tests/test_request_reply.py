@@ -1,0 +1,144 @@
+"""Concurrency, cross-talk and the two ways a service may address its reply (Spring-style by partition, by key)."""
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import uuid
+from typing import Iterator
+
+import pytest
+import requests
+from kafka import KafkaConsumer, KafkaProducer
+
+from gateway.testing import metric_value
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+def test_1000_concurrent_requests_each_get_their_own_reply(gateway):
+    import http.client
+    from urllib.parse import urlparse
+
+    before = gateway.metrics()
+    host = urlparse(gateway.url)
+    n = 1000
+    start = threading.Barrier(n)
+    results: list[tuple[int, str, bytes] | None] = [None] * n
+
+    def one(i: int) -> None:
+        token = f"{i}-{uuid.uuid4().hex}"
+        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+        try:
+            start.wait(30)
+            conn.request("POST", f"/echo/c/{i}", body=json.dumps({"token": token}),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            results[i] = (resp.status, token, resp.read())
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    mismatched = failed = 0
+    for i, res in enumerate(results):
+        if res is None or res[0] != 200:
+            failed += 1
+            continue
+        status, token, raw = res
+        body = json.loads(raw)
+        if json.loads(body["body"]) != {"token": token} or body["path"] != f"/echo/c/{i}":
+            mismatched += 1
+    assert (failed, mismatched) == (0, 0)
+    after = gateway.metrics()
+    delivered = metric_value(after, "gateway_replies_total", 'outcome="delivered"') - \
+        metric_value(before, "gateway_replies_total", 'outcome="delivered"')
+    foreign = metric_value(after, "gateway_replies_total", 'outcome="foreign"') - \
+        metric_value(before, "gateway_replies_total", 'outcome="foreign"')
+    # every reply reached the worker that sent the request, and no other worker saw it
+    assert delivered >= n and foreign == 0
+
+
+def _serve(topic: str, bootstrap: str, reply, stop: threading.Event) -> None:  # noqa: ANN001
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"{topic}-svc", auto_offset_reset="earliest",
+                             fetch_max_wait_ms=10, session_timeout_ms=3000, heartbeat_interval_ms=1000)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, enable_idempotence=False)
+    try:
+        while not stop.is_set():
+            for records in consumer.poll(timeout_ms=100).values():
+                for rec in records:
+                    reply(producer, rec, dict(rec.headers))
+            producer.flush()
+    finally:
+        producer.close()
+        consumer.close()
+
+
+@pytest.fixture
+def foreign_services(gateway, broker) -> Iterator[None]:
+    """Two services NOT built on our SDK, each addressing its reply differently."""
+
+    def spring(producer, rec, h):  # noqa: ANN001 - what an unmodified @KafkaListener + @SendTo does
+        (partition,) = struct.unpack(">i", h["kafka_replyPartition"])
+        producer.send(h["kafka_replyTopic"].decode(), value=json.dumps({"spring": json.loads(rec.value)}).encode(),
+                      partition=partition, headers=[("kafka_correlationId", h["kafka_correlationId"])])
+
+    def by_key(producer, rec, h):  # noqa: ANN001 - replies by key alone: the default partitioner places it
+        producer.send(h["gateway-reply-topic"].decode(), value=json.dumps({"bykey": json.loads(rec.value)}).encode(),
+                      key=h["gateway-reply-key"],
+                      headers=[("gateway-correlation-id", h["gateway-correlation-id"]), ("gateway-status", b"202")])
+
+    stop = threading.Event()
+    threads = [threading.Thread(target=_serve, args=(t, broker.bootstrap, fn, stop), daemon=True)
+               for t, fn in (("spring.requests", spring), ("bykey.requests", by_key))]
+    for t in threads:
+        t.start()
+    yield
+    stop.set()
+    for t in threads:
+        t.join(10)
+
+
+def test_spring_style_reply_by_partition_with_only_kafka_headers(gateway, foreign_services):
+    for i in range(20):
+        r = requests.post(gateway.url + "/spring/x", json={"n": i}, timeout=15)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"spring": {"n": i}}
+        assert r.headers["Content-Type"] == "application/json"
+
+
+def test_reply_by_key_alone_reaches_the_waiting_worker(gateway, foreign_services):
+    for i in range(20):
+        r = requests.post(gateway.url + "/bykey/x", json={"n": i}, timeout=15)
+        assert r.status_code == 202, r.text
+        assert r.json() == {"bykey": {"n": i}}
+
+
+def test_json_field_becomes_the_record_key(gateway, broker):
+    consumer = KafkaConsumer("echo.requests.json", bootstrap_servers=broker.bootstrap, group_id=None,
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000)
+    token = uuid.uuid4().hex
+    r = requests.post(gateway.url + "/jsononly", json={"customer_id": "cust-" + token}, timeout=10)
+    assert r.status_code == 200
+    keys = [rec.key for rec in consumer if token.encode() in rec.value]
+    consumer.close()
+    assert keys == [("cust-" + token).encode()]
+
+
+def test_metrics_sum_over_all_workers(gateway):
+    """/metrics is answered by one worker but counts the requests every worker served."""
+    import http.client
+    from urllib.parse import urlparse
+
+    host = urlparse(gateway.url)
+    label = 'service="customers",status="404"'
+    before = metric_value(gateway.metrics(), "gateway_requests_total", label)
+    for i in range(40):  # a new connection each: gunicorn spreads them over both workers
+        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=15)
+        conn.request("GET", f"/customers/nobody-{i}", headers={"Connection": "close"})
+        assert conn.getresponse().status == 404
+        conn.close()
+    assert metric_value(gateway.metrics(), "gateway_requests_total", label) - before == 40

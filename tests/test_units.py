@@ -1,0 +1,159 @@
+"""Pure logic: the envelope codec, the pending table, the responder's handling (no Kafka needed here)."""
+from __future__ import annotations
+
+import json
+import struct
+import time
+
+import pytest
+
+from gateway import protocol as P
+from gateway.errors import TooManyInFlight
+from gateway.pending import OneShot, Outcome, PendingTable
+from gateway.responder import HTTPError, Responder
+
+
+def test_correlation_ids_are_random_and_tagged():
+    tag = P.new_worker_tag()
+    ids = {P.new_correlation_id(tag) for _ in range(10000)}
+    assert len(ids) == 10000
+    assert all(len(i) == 24 and i.startswith(tag) for i in ids)
+
+
+def test_request_headers_carry_gateway_and_spring_forms():
+    cid = P.new_correlation_id(b"t" * 8)
+    h = dict(P.request_headers(cid, P.ReplyTo("rep", 7, b"k7"), 123, "POST", "/orders", "a=1", "application/json",
+                               [("traceparent", "00-ab-cd-01"), ("x-request-id", "r")]))
+    assert h["gateway-correlation-id"] == cid.hex().encode() and h["kafka_correlationId"] == cid
+    assert h["kafka_replyPartition"] == struct.pack(">i", 7) and h["gateway-reply-partition"] == b"7"
+    assert h["kafka_replyTopic"] == b"rep" and h["gateway-reply-key"] == b"k7"
+    assert h["gateway-deadline-ms"] == b"123" and h["traceparent"] == b"00-ab-cd-01"
+    assert h["http-x-request-id"] == b"r"
+
+
+def test_decode_reply_spring_only_defaults_to_200():
+    r = P.decode_reply(b"{}", [("kafka_correlationId", b"abc"), ("__TypeId__", b"x")])
+    assert (r.correlation_id, r.status, r.content_type) == (b"abc", 200, None)
+
+
+@pytest.mark.parametrize("headers,msg", [
+    ([], "no correlation id"),
+    ([("gateway-correlation-id", b"zz")], "not hex"),
+    ([("gateway-correlation-id", b"ab"), ("gateway-status", b"abc")], "not a number"),
+    ([("gateway-correlation-id", b"ab"), ("gateway-status", b"999")], "not an HTTP status"),
+])
+def test_decode_reply_rejects_broken_records(headers, msg):
+    with pytest.raises(P.ProtocolError, match=msg):
+        P.decode_reply(b"", headers)
+
+
+def _reply(cid: bytes) -> P.Reply:
+    return P.decode_reply(b"x", [("gateway-correlation-id", cid.hex().encode())])
+
+
+def test_pending_table_outcomes():
+    tag = b"T" * 8
+    table = PendingTable(tag, capacity=2)
+    w = OneShot(P.new_correlation_id(tag), 3, time.monotonic() + 5)
+    table.register(w)
+    assert table.pending_on(3) == 1 and table.partitions_in_use() == {3}
+    assert table.resolve(_reply(w.correlation_id)) is Outcome.DELIVERED
+    assert w.event.is_set() and w.reply.body == b"x"
+    assert len(table) == 0 and table.pending_on(3) == 0
+    assert table.resolve(_reply(w.correlation_id)) is Outcome.DUPLICATE
+    assert table.resolve(_reply(P.new_correlation_id(tag))) is Outcome.LATE
+    assert table.resolve(_reply(P.new_correlation_id(b"other-wk"))) is Outcome.FOREIGN
+    timed_out = OneShot(P.new_correlation_id(tag), 3, 0)
+    table.register(timed_out)
+    table.remove(timed_out.correlation_id)  # the request greenlet gave up
+    assert table.resolve(_reply(timed_out.correlation_id)) is Outcome.LATE
+
+
+def test_pending_table_is_bounded():
+    table = PendingTable(b"T" * 8, capacity=2)
+    for p in range(2):
+        table.register(OneShot(P.new_correlation_id(b"T" * 8), p, 0))
+    with pytest.raises(TooManyInFlight):
+        table.register(OneShot(P.new_correlation_id(b"T" * 8), 0, 0))
+
+
+def test_pending_fail_all_wakes_waiters():
+    table = PendingTable(b"T" * 8, capacity=5)
+    w = OneShot(P.new_correlation_id(b"T" * 8), 0, 0)
+    table.register(w)
+    table.fail_all(RuntimeError("bye"))
+    assert w.event.is_set() and isinstance(w.error, RuntimeError) and len(table) == 0
+
+
+# -- responder ------------------------------------------------------------------------------------------------
+svc = Responder("t", topic="t.requests")
+
+
+@svc.route("GET", "/items/<item_id>")
+def get_item(req, item_id):  # noqa: ANN001, ANN201
+    if item_id == "boom":
+        raise RuntimeError("kaput")
+    if item_id == "missing":
+        raise HTTPError(404, "no such item", item=item_id)
+    return 200, {"ETag": '"v1"'}, {"id": item_id, "q": req.arg("q")}
+
+
+@svc.route("GET", "/unencodable")
+def unencodable(req):  # noqa: ANN001, ANN201
+    return {"when": object()}
+
+
+@svc.route("GET", "/stream")
+def stream(req):  # noqa: ANN001, ANN201
+    for i in range(3):
+        yield {"i": i}
+
+
+def _request(path: str, method: str = "GET", deadline_ms: int | None = None) -> list:
+    cid = P.new_correlation_id(b"T" * 8)
+    headers = P.request_headers(cid, P.ReplyTo("r", 2, b"k"), deadline_ms or int(time.time() * 1000) + 5000,
+                                method, path.split("?")[0], path.partition("?")[2], None, [])
+    dest, replies = svc.handle(b"", headers)
+    if dest is None:
+        return []
+    assert dest == {"topic": "r", "partition": 2, "key": b"k"}
+    return [P.decode_reply(v, h) for h, v in replies]
+
+
+def test_responder_answers_with_status_headers_and_json():
+    (r,) = _request("/items/7?q=x")
+    assert r.status == 200 and json.loads(r.body) == {"id": "7", "q": "x"} and ("etag", '"v1"') in r.headers
+
+
+def test_responder_handler_exception_becomes_500_reply():
+    before = svc.stats["errors"]
+    (r,) = _request("/items/boom")
+    assert r.status == 500 and r.content_type == "application/problem+json"
+    assert "RuntimeError" in json.loads(r.body)["detail"] and svc.stats["errors"] == before + 1
+
+
+def test_responder_http_error_404_and_unrouted_405():
+    (r,) = _request("/items/missing")
+    assert r.status == 404 and json.loads(r.body)["item"] == "missing"
+    (r,) = _request("/items/1", method="DELETE")
+    assert r.status == 405
+    (r,) = _request("/nowhere")
+    assert r.status == 404
+
+
+def test_responder_answers_500_when_the_result_cannot_be_encoded():
+    (r,) = _request("/unencodable")
+    assert r.status == 500 and "TypeError" in json.loads(r.body)["detail"]
+
+
+def test_responder_drops_and_counts_expired_requests():
+    before = svc.stats["expired"]
+    assert _request("/items/1", deadline_ms=int(time.time() * 1000) - 1) == []
+    assert svc.stats["expired"] == before + 1
+
+
+def test_responder_streams_with_sequence_and_end_marker():
+    records = _request("/stream")
+    assert [r.seq for r in records] == [0, 1, 2, 3]
+    assert [r.stream for r in records] == ["more", "more", "more", "end"]
+    assert [json.loads(r.body) for r in records[:3]] == [{"i": 0}, {"i": 1}, {"i": 2}]
