@@ -22,9 +22,9 @@ __all__ = ["create_app", "current_gateway"]
 
 def create_app(config: Config | None = None) -> Flask:
     from .config import load_config
+    from .http.asyncpoll import bp as async_bp
     from .http.ops import bp as ops_bp
     from .http.proxy import bp as proxy_bp
-    from .http.asyncpoll import bp as async_bp
     from .http.ws import bp as ws_bp
     from .runtime import Gateway
     from .variants import Variants

@@ -22,8 +22,17 @@ from gevent.event import Event
 
 from . import metrics
 from .errors import BrokerUnavailable
-from .protocol import (H_ASYNC, H_DEADLINE_MS, H_SERVICE, ProtocolError, Reply, ReplyTo, decode_reply,
-                       new_correlation_id, request_headers)
+from .protocol import (
+    H_ASYNC,
+    H_DEADLINE_MS,
+    H_SERVICE,
+    ProtocolError,
+    Reply,
+    ReplyTo,
+    decode_reply,
+    new_correlation_id,
+    request_headers,
+)
 from .routing import partition_for_key
 from .streams import NDJSON, Reorderer, StreamBroken, item_json, problem_of
 
@@ -169,7 +178,8 @@ class AsyncRequests:
             self.num_partitions = actual_partitions
         retention = self.store.retention_ms
         self.tail = TopicTail(self.gw.config, self.topic, self.on_record, start="beginning",
-                              since_ms=lambda: now_ms() - retention)
+                              since_ms=lambda: now_ms() - retention,
+                              fetch_max_wait_ms=self.gw.config.async_["fetch_max_wait_ms"])
         self.tail.start()
 
     @property

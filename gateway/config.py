@@ -241,6 +241,10 @@ class AsyncSchema(_Strict):
     unknown_id_wait_ms = fields.Integer(load_default=1000, validate=validate.Range(min=0),
                                         metadata={"doc": "How long a poll for an id this worker has not seen yet "
                                                          "waits for its accepted marker before answering 404."})
+    fetch_max_wait_ms = fields.Integer(load_default=250, validate=validate.Range(min=1, max=5000),
+                                       metadata={"doc": "Fetch long-poll wait of the results tail. Kafka answers "
+                                                        "as soon as data arrives; brokers that do not (Tansu) add up "
+                                                        "to this much latency. Lower costs idle CPU in every worker."})
 
 
 class WebsocketSchema(_Strict):
@@ -259,6 +263,9 @@ class StateSchema(_Strict):
                                   metadata={"doc": "Entities whose latest event each worker remembers."})
     max_wait_ms = fields.Integer(load_default=60000, validate=validate.Range(min=0),
                                  metadata={"doc": "Cap on Prefer: wait=<seconds> of a conditional GET."})
+    fetch_max_wait_ms = fields.Integer(load_default=100, validate=validate.Range(min=1, max=5000),
+                                       metadata={"doc": "Fetch long-poll wait of the events tails (see "
+                                                        "async.fetch_max_wait_ms)."})
 
 
 class GatewaySchema(_Strict):

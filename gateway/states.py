@@ -148,7 +148,8 @@ class StateWatcher:
                 if event is not None:
                     table.update(event)
 
-            tail = TopicTail(self.gw.config, topic, on_record, start="end")
+            tail = TopicTail(self.gw.config, topic, on_record, start="end",
+                             fetch_max_wait_ms=self.gw.config.state["fetch_max_wait_ms"])
             tail.start()
             self.tails.append(tail)
 

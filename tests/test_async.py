@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-import tomllib
 import uuid
 from pathlib import Path
 
 import pytest
 import requests
+import tomllib
 
 from gateway.testing import GunicornGateway, to_toml, wait_until
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-import tomllib
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Iterator
 
 import pytest
 import requests
+import tomllib
 from kafka import KafkaProducer
 
 from gateway.testing import GunicornGateway, ServiceProcess, metric_value, to_toml, wait_until

@@ -9,8 +9,7 @@ from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .. import current_gateway, metrics
-from ..errors import (GatewayError, MalformedJSON, MethodNotAllowed, NotAcceptable, UnknownService,
-                      UnsupportedMediaType)
+from ..errors import GatewayError, MalformedJSON, MethodNotAllowed, NotAcceptable, UnknownService, UnsupportedMediaType
 from .common import reply_response
 from .variants import dispatch_variant
 

@@ -25,8 +25,16 @@ from gevent.queue import Queue
 
 from .. import current_gateway, metrics
 from ..config import HTTP_METHODS
-from ..errors import (BadRequest, GatewayError, MalformedJSON, MethodNotAllowed, PayloadTooLarge, ReplyTimeout,
-                      UnknownService, UnsupportedMediaType)
+from ..errors import (
+    BadRequest,
+    GatewayError,
+    MalformedJSON,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ReplyTimeout,
+    UnknownService,
+    UnsupportedMediaType,
+)
 from ..pending import Callback
 from ..streams import Reorderer, StreamBroken, StreamIdle, problem_of
 from ..variants import current_variants
