@@ -46,7 +46,11 @@ def post_worker_init(worker):
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: "
                         "%(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    # the async-results and events tails position while the reply side joins its group; the worker serves only
+    # after both (docs/variants.md)
+    worker.wsgi.extensions["variants"].start(wait_ready=False)
     worker.wsgi.extensions["gateway"].start(wait_ready=True)
+    worker.wsgi.extensions["variants"].wait_ready()
 
 
 def worker_exit(server, worker):
@@ -54,6 +58,9 @@ def worker_exit(server, worker):
     gw = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("gateway")
     if gw is not None:
         gw.stop()
+    variants = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("variants")
+    if variants is not None:
+        variants.stop()
 
 
 def child_exit(server, worker):

@@ -22,16 +22,27 @@ __all__ = ["create_app", "current_gateway"]
 
 def create_app(config: Config | None = None) -> Flask:
     from .config import load_config
+    from .http.asyncpoll import bp as async_bp
     from .http.ops import bp as ops_bp
     from .http.proxy import bp as proxy_bp
+    from .http.ws import bp as ws_bp
     from .runtime import Gateway
+    from .variants import Variants
 
     config = config or load_config()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.limits["max_body_bytes"]
-    app.extensions["gateway"] = Gateway(config)
+    gateway = app.extensions["gateway"] = Gateway(config)
+    app.extensions["variants"] = Variants(gateway)
     app.register_blueprint(ops_bp)
+    app.register_blueprint(async_bp)
+    app.register_blueprint(ws_bp)
     app.register_blueprint(proxy_bp)
+
+    @app.after_request
+    def _worker_header(response):  # noqa: ANN001, ANN202 - which worker answered (polls may go to any)
+        response.headers["X-Gateway-Worker"] = gateway.worker_tag.hex()
+        return response
 
     @app.errorhandler(GatewayError)
     def _gateway_error(exc: GatewayError):  # noqa: ANN202

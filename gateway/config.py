@@ -13,6 +13,7 @@ Every error names the key and says what to change; :func:`load_config` raises :c
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
@@ -140,6 +141,37 @@ class KeySchema(_Strict):
             raise ValidationError(f"key source {data['source']!r} needs {needed!r}", needed)
 
 
+class AnswerOnSchema(_Strict):
+    """Answer on state: reply when the entity's events reach one of ``states`` (docs/variants.md, variant 4)."""
+
+    topic = fields.String(required=True, validate=validate.Regexp(_TOPIC_RE),
+                          metadata={"doc": "Events topic every worker tails (from its end) for this entity."})
+    partitions = fields.Integer(load_default=4, validate=validate.Range(min=1, max=1024),
+                                metadata={"doc": "Partitions `gateway topics` creates the events topic with."})
+    methods = fields.List(fields.String(validate=validate.OneOf(HTTP_METHODS)), load_default=["POST"],
+                          validate=validate.Length(min=1),
+                          metadata={"doc": "Methods answered on state; others are plain request-reply."})
+    id_source = fields.String(load_default="reply", validate=validate.OneOf(["reply", "body", "path"]),
+                              metadata={"doc": "Where the entity id comes from: the service's reply (JSON "
+                                               "field), the request body (JSON field) or a path segment."})
+    id_field = fields.String(load_default="id", metadata={"doc": "id_source reply/body: the JSON field."})
+    id_segment = fields.Integer(load_default=1, validate=validate.Range(min=0),
+                                metadata={"doc": "Path segment of the entity id (/orders/o-1: 1), for "
+                                                 "id_source=path and for conditional GET waits."})
+    event_id_field = fields.String(load_default=None, allow_none=True,
+                                   metadata={"doc": "JSON field of an event holding the entity id; unset: the "
+                                                    "event record's key."})
+    state_field = fields.String(load_default="state", metadata={"doc": "JSON field of an event holding the state."})
+    states = fields.List(fields.String(), required=True, validate=validate.Length(min=1),
+                         metadata={"doc": "Answer once the entity's state is one of these."})
+    version_field = fields.String(load_default=None, allow_none=True,
+                                  metadata={"doc": "JSON field of an event used as the ETag; unset: the event's "
+                                                   "partition and offset."})
+    timeout_ms = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1),
+                                metadata={"doc": "How long to wait for the state after the reply (default: the "
+                                                 "service's timeout_ms)."})
+
+
 class ServiceSchema(_Strict):
     topic = fields.String(required=True, validate=validate.Regexp(_TOPIC_RE),
                           metadata={"doc": "The service's request topic."})
@@ -157,6 +189,17 @@ class ServiceSchema(_Strict):
                         metadata={"doc": "Optional request record key."})
     reply_content_type = fields.String(load_default="application/json",
                                        metadata={"doc": "Content type of replies that carry none."})
+    async_timeout_ms = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1),
+                                      metadata={"doc": "Deadline of an async request (Prefer: respond-async); "
+                                                       "after it the result is a 504 (default: timeout_ms)."})
+    stream_idle_timeout_ms = fields.Integer(load_default=10000, validate=validate.Range(min=1),
+                                            metadata={"doc": "Streaming replies: the longest gap between two "
+                                                             "records before the stream ends with an error."})
+    stream_timeout_ms = fields.Integer(load_default=300000, validate=validate.Range(min=1),
+                                       metadata={"doc": "Streaming replies: the whole stream's deadline."})
+    answer_on = fields.Nested(AnswerOnSchema, load_default=None, allow_none=True,
+                              metadata={"doc": "Answer when the entity's events reach a state (see "
+                                               "services.<name>.answer_on)."})
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
@@ -180,11 +223,59 @@ class HttpSchema(_Strict):
         metadata={"doc": "Reply headers copied onto the HTTP response."})
 
 
+class AsyncSchema(_Strict):
+    """Async request + poll (``Prefer: respond-async``): results live on a topic every worker reads in full."""
+
+    results_topic = fields.String(load_default="gateway.results", validate=validate.Regexp(_TOPIC_RE),
+                                  metadata={"doc": "Topic services reply to for async requests; every worker "
+                                                   "reads it all, so any worker answers any poll."})
+    partitions = fields.Integer(load_default=8, validate=validate.Range(min=1, max=1024),
+                                metadata={"doc": "Partitions of the results topic (created if missing)."})
+    retention_ms = fields.Integer(load_default=3600000, validate=validate.Range(min=1000),
+                                  metadata={"doc": "How long results stay retrievable (also the topic's "
+                                                   "retention.ms when the gateway creates it)."})
+    max_results = fields.Integer(load_default=100000, validate=validate.Range(min=1),
+                                 metadata={"doc": "Results each worker keeps in memory; the oldest go first."})
+    max_wait_ms = fields.Integer(load_default=30000, validate=validate.Range(min=0),
+                                 metadata={"doc": "Cap on a poll's Prefer: wait=<seconds>."})
+    unknown_id_wait_ms = fields.Integer(load_default=1000, validate=validate.Range(min=0),
+                                        metadata={"doc": "How long a poll for an id this worker has not seen yet "
+                                                         "waits for its accepted marker before answering 404."})
+    fetch_max_wait_ms = fields.Integer(load_default=250, validate=validate.Range(min=1, max=5000),
+                                       metadata={"doc": "Fetch long-poll wait of the results tail. Kafka answers "
+                                                        "as soon as data arrives; brokers that do not (Tansu) add up "
+                                                        "to this much latency. Lower costs idle CPU in every worker."})
+
+
+class WebsocketSchema(_Strict):
+    """The ``/ws`` endpoint."""
+
+    max_frame_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=64),
+                                     metadata={"doc": "Largest request frame; larger ones get an error frame."})
+    max_in_flight = fields.Integer(load_default=100, validate=validate.Range(min=1),
+                                   metadata={"doc": "Requests in flight per socket; more get an error frame."})
+
+
+class StateSchema(_Strict):
+    """Answer on state: the per-worker table of entity states read from the events topics."""
+
+    max_entities = fields.Integer(load_default=100000, validate=validate.Range(min=1),
+                                  metadata={"doc": "Entities whose latest event each worker remembers."})
+    max_wait_ms = fields.Integer(load_default=60000, validate=validate.Range(min=0),
+                                 metadata={"doc": "Cap on Prefer: wait=<seconds> of a conditional GET."})
+    fetch_max_wait_ms = fields.Integer(load_default=100, validate=validate.Range(min=1, max=5000),
+                                       metadata={"doc": "Fetch long-poll wait of the events tails (see "
+                                                        "async.fetch_max_wait_ms)."})
+
+
 class GatewaySchema(_Strict):
     kafka = fields.Nested(KafkaSchema, load_default=lambda: KafkaSchema().load({}))
     reply = fields.Nested(ReplySchema, load_default=lambda: ReplySchema().load({}))
     limits = fields.Nested(LimitsSchema, load_default=lambda: LimitsSchema().load({}))
     http = fields.Nested(HttpSchema, load_default=lambda: HttpSchema().load({}))
+    async_ = fields.Nested(AsyncSchema, data_key="async", load_default=lambda: AsyncSchema().load({}))
+    websocket = fields.Nested(WebsocketSchema, load_default=lambda: WebsocketSchema().load({}))
+    state = fields.Nested(StateSchema, load_default=lambda: StateSchema().load({}))
     services = fields.Dict(keys=fields.String(), values=fields.Nested(ServiceSchema), required=True)
 
     @validates_schema
@@ -204,6 +295,7 @@ class GatewaySchema(_Strict):
                 raise ValidationError(f"services {topics[svc['topic']]!r} and {name!r} share request topic "
                                       f"{svc['topic']!r}; give each its own", "services")
             topics[svc["topic"]] = name
+        _check_variants(data, topics)
 
     @post_load
     def _build(self, data: dict[str, Any], **_: Any) -> "Config":
@@ -212,9 +304,40 @@ class GatewaySchema(_Strict):
             s = dict(s)
             s["timeout_ms"] = s["timeout_ms"] or data["limits"]["default_timeout_ms"]
             s["methods"] = tuple(m.upper() for m in s["methods"])
+            s["async_timeout_ms"] = s["async_timeout_ms"] or s["timeout_ms"]
+            if s["answer_on"] is not None:
+                s["answer_on"] = {**s["answer_on"], "timeout_ms": s["answer_on"]["timeout_ms"] or s["timeout_ms"],
+                                  "methods": tuple(s["answer_on"]["methods"])}
             services[name] = ServiceConfig(name=name, **s)
         return Config(kafka=data["kafka"], reply=data["reply"], limits=data["limits"],
-                      http={k: tuple(h.lower() for h in v) for k, v in data["http"].items()}, services=services)
+                      http={k: tuple(h.lower() for h in v) for k, v in data["http"].items()}, services=services,
+                      async_=data["async_"], websocket=data["websocket"], state=data["state"])
+
+
+def _check_variants(data: dict[str, Any], service_topics: dict[str, str]) -> None:
+    """The async results topic and the events topics must not collide with request or reply topics."""
+    results = data["async_"]["results_topic"]
+    if results == data["reply"]["topic"] or results in service_topics:
+        raise ValidationError(f"async.results_topic {results!r} is also the reply topic or a request topic; "
+                              "give it its own topic", "async")
+    event_ids: dict[str, Any] = {}
+    for name, svc in data["services"].items():
+        on = svc.get("answer_on")
+        if not on:
+            continue
+        topic = on["topic"]
+        if topic in (data["reply"]["topic"], results) or topic in service_topics:
+            raise ValidationError(f"services.{name}.answer_on.topic {topic!r} is a request, reply or results "
+                                  "topic; name the topic the entity's events are published to", "services")
+        if not set(on["methods"]) <= set(svc["methods"]):
+            raise ValidationError(f"services.{name}.answer_on.methods {on['methods']} must be among the "
+                                  f"service's methods {svc['methods']}", "services")
+        if on["id_source"] == "body" and not set(on["methods"]) <= {"POST", "PUT", "PATCH"}:
+            raise ValidationError(f"services.{name}.answer_on: id_source 'body' needs methods with a body "
+                                  "(POST, PUT, PATCH)", "services")
+        if event_ids.setdefault(topic, on["event_id_field"]) != on["event_id_field"]:
+            raise ValidationError(f"services sharing events topic {topic!r} must agree on event_id_field",
+                                  "services")
 
 
 @dataclass(frozen=True)
@@ -227,6 +350,10 @@ class ServiceConfig:
     content_types: list[str]
     key: dict[str, Any] | None
     reply_content_type: str
+    async_timeout_ms: int = 0          # 0 before _build fills in timeout_ms
+    stream_idle_timeout_ms: int = 10000
+    stream_timeout_ms: int = 300000
+    answer_on: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +363,9 @@ class Config:
     limits: dict[str, Any]
     http: dict[str, tuple[str, ...]]
     services: dict[str, ServiceConfig]
+    async_: dict[str, Any] = dataclasses.field(default_factory=lambda: AsyncSchema().load({}))
+    websocket: dict[str, Any] = dataclasses.field(default_factory=lambda: WebsocketSchema().load({}))
+    state: dict[str, Any] = dataclasses.field(default_factory=lambda: StateSchema().load({}))
 
     def kafka_client_kwargs(self) -> dict[str, Any]:
         """Connection settings common to every kafka-python client."""
@@ -337,8 +467,9 @@ def schema_docs() -> list[tuple[str, str, str, str]]:
     """(key, type, default, meaning) for every setting: the README's configuration table is tested against it."""
     rows = []
     for section, schema in (("kafka", KafkaSchema), ("reply", ReplySchema), ("limits", LimitsSchema),
-                            ("http", HttpSchema), ("services.<name>", ServiceSchema),
-                            ("services.<name>.key", KeySchema)):
+                            ("http", HttpSchema), ("async", AsyncSchema), ("websocket", WebsocketSchema),
+                            ("state", StateSchema), ("services.<name>", ServiceSchema),
+                            ("services.<name>.key", KeySchema), ("services.<name>.answer_on", AnswerOnSchema)):
         for name, field in schema().fields.items():
             default = "required" if field.required else field.load_default
             rows.append((f"{section}.{name}", type(field).__name__, repr(default) if not callable(default) else "",

@@ -60,12 +60,20 @@ class MethodNotAllowed(GatewayError):
     status, code, title = 405, "method_not_allowed", "Method not allowed"
 
 
+class NotAcceptable(GatewayError):
+    status, code, title = 406, "not_acceptable", "Not acceptable"
+
+
 class PayloadTooLarge(GatewayError):
     status, code, title = 413, "payload_too_large", "Request body too large"
 
 
 class UnsupportedMediaType(GatewayError):
     status, code, title = 415, "unsupported_media_type", "Unsupported content type"
+
+
+class BadGateway(GatewayError):
+    status, code, title = 502, "bad_reply", "The service's reply cannot be used"
 
 
 class ServiceUnavailable(GatewayError):
@@ -87,6 +95,14 @@ class TooManyInFlight(ServiceUnavailable):
 
 class ReplyTimeout(GatewayError):
     status, code, title = 504, "reply_timeout", "No reply before the deadline"
+
+
+class AsyncDeadline(GatewayError):
+    status, code, title = 504, "async_deadline", "No reply before the async request's deadline"
+
+
+class StateTimeout(GatewayError):
+    status, code, title = 504, "state_timeout", "The entity did not reach the awaited state in time"
 
 
 def problem_response(error: GatewayError, correlation_id: str | None = None) -> tuple[bytes, int, dict[str, str]]:

@@ -38,6 +38,10 @@ H_STATUS = "gateway-status"                    # decimal ASCII HTTP status, defa
 H_SEQ = "gateway-seq"                          # streaming replies: 0, 1, 2, ...
 H_STREAM = "gateway-stream"                    # streaming replies: "more" | "end" | "error"
 
+# -- async results topic (gateway -> gateway): the "accepted" marker record, key = request id (hex)
+H_ASYNC = "gateway-async"                      # "accepted" on the marker; absent on the service's reply
+H_SERVICE = "gateway-service"                  # the service the async request went to (marker only)
+
 WORKER_TAG_BYTES = 8
 RANDOM_BYTES = 16                               # 128 bits of randomness per correlation id
 

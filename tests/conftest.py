@@ -6,6 +6,7 @@ things (faults, restarts) start their own.
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -15,7 +16,7 @@ from gateway.broker import EmbeddedBroker
 from gateway.config import parse_config
 from gateway.testing import GunicornGateway, ServiceProcess, make_config, metric_value, wait_until, write_config
 
-EXAMPLES = ("orders", "customers", "basket", "echo")
+EXAMPLES = ("orders", "customers", "basket", "echo", "ticker")
 SESSION_SERVICES = {
     "orders": {"topic": "orders.requests", "methods": ["GET", "POST"], "timeout_ms": 5000,
                "key": {"source": "path", "segment": 1}},
@@ -29,6 +30,16 @@ SESSION_SERVICES = {
     "blackhole": {"topic": "blackhole.requests", "methods": ["GET", "POST"], "timeout_ms": 800},
     "spring": {"topic": "spring.requests", "methods": ["POST"], "timeout_ms": 5000},
     "bykey": {"topic": "bykey.requests", "methods": ["POST"], "timeout_ms": 5000},
+    # docs/variants.md
+    "ticker": {"topic": "ticker.requests", "methods": ["GET"], "timeout_ms": 5000, "stream_idle_timeout_ms": 1000,
+               "stream_timeout_ms": 60000},
+    "shuffle": {"topic": "shuffle.requests", "methods": ["GET"], "timeout_ms": 5000},
+    "void": {"topic": "void.requests", "methods": ["GET", "POST"], "timeout_ms": 30000},
+    "wsecho": {"topic": "wsecho.requests", "methods": ["POST"], "timeout_ms": 30000},
+}
+VARIANT_SECTIONS = {
+    "async": {"partitions": 4, "retention_ms": 600000, "unknown_id_wait_ms": 2000},
+    "websocket": {"max_frame_bytes": 8192, "max_in_flight": 50},
 }
 
 
@@ -48,10 +59,12 @@ def broker(log_dir: Path) -> Iterator[EmbeddedBroker]:
 def session_config(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gateway.kafka.admin import ensure_topics, wanted_topics
 
-    cfg = make_config(broker.bootstrap, SESSION_SERVICES, limits={"max_body_bytes": 65536})
+    sections = {**VARIANT_SECTIONS, "async": {**VARIANT_SECTIONS["async"],
+                                              "results_topic": f"results-{uuid.uuid4().hex[:8]}"}}
+    cfg = make_config(broker.bootstrap, SESSION_SERVICES, limits={"max_body_bytes": 65536}, **sections)
     path = write_config(tmp_path_factory.mktemp("conf") / "gateway.toml", cfg)
     parsed = parse_config(cfg)
-    ensure_topics(parsed, wanted_topics(parsed))
+    ensure_topics(parsed, {**wanted_topics(parsed), "orders.events": 4})
     return path
 
 
@@ -60,6 +73,8 @@ def example_services(broker: EmbeddedBroker, session_config: Path, log_dir: Path
     procs = {name: ServiceProcess(f"examples.{name}", broker.bootstrap, log_dir) for name in EXAMPLES}
     procs["jsononly"] = ServiceProcess("examples.echo", broker.bootstrap, log_dir, ECHO_TOPIC="echo.requests.json",
                                         SERVICE_GROUP_ID="jsononly-service")
+    procs["wsecho"] = ServiceProcess("examples.echo", broker.bootstrap, log_dir, ECHO_TOPIC="wsecho.requests",
+                                      SERVICE_GROUP_ID="wsecho-service")
     yield procs
     for p in procs.values():
         p.stop()
@@ -79,6 +94,10 @@ def gateway(session_config: Path, broker: EmbeddedBroker, example_services: dict
                        f"{path} answered")
         wait_until(lambda: requests.post(gw.url + "/jsononly", json={}, timeout=10).status_code == 200, 60, 0.2,
                    "jsononly answered")
+        wait_until(lambda: requests.get(gw.url + "/ticker/slow?ms=0", timeout=10).status_code == 200, 60, 0.2,
+                   "ticker answered")
+        wait_until(lambda: requests.post(gw.url + "/wsecho", json={}, timeout=10).status_code == 200, 60, 0.2,
+                   "wsecho answered")
         yield gw
     finally:
         gw.stop()

@@ -22,7 +22,7 @@ def _err(raw: dict) -> str:
 
 def test_shipped_config_is_valid():
     cfg = load_config(DEFAULT_CONFIG_PATH, env={})
-    assert set(cfg.services) == {"orders", "customers", "basket", "echo"}
+    assert set(cfg.services) == {"orders", "customers", "basket", "echo", "ticker"}
     assert cfg.services["customers"].timeout_ms == cfg.limits["default_timeout_ms"]
 
 

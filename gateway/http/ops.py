@@ -15,8 +15,12 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
+    from ..variants import current_variants
+
     state = current_gateway().readiness()
-    return jsonify(state), 200 if state["ready"] else 503
+    variants = current_variants().readiness()
+    ready = state["ready"] and variants["variants_ready"]
+    return jsonify({**state, **variants, "ready": ready}), 200 if ready else 503
 
 
 @bp.get("/metrics")

@@ -9,7 +9,9 @@ from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .. import current_gateway, metrics
-from ..errors import GatewayError, MalformedJSON, MethodNotAllowed, UnknownService, UnsupportedMediaType
+from ..errors import GatewayError, MalformedJSON, MethodNotAllowed, NotAcceptable, UnknownService, UnsupportedMediaType
+from .common import reply_response
+from .variants import dispatch_variant
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
@@ -85,18 +87,20 @@ def proxy(service: str, rest: str) -> Response:
         if request.method not in svc.methods:
             raise MethodNotAllowed(f"{service} accepts {', '.join(svc.methods)}", allow=list(svc.methods))
         body, content_type, parsed = _validate_body(svc)
-        reply = gw.call(svc, method=request.method, path=request.path,
-                        query=request.query_string.decode("latin-1"), content_type=content_type,
-                        http_headers=_forwarded_headers(gw), body=body, key=_record_key(svc, parsed))
+        req = dict(method=request.method, path=request.path, query=request.query_string.decode("latin-1"),
+                   content_type=content_type, http_headers=_forwarded_headers(gw), body=body,
+                   key=_record_key(svc, parsed))
+        special = dispatch_variant(gw, svc, req, parsed)  # async, streaming, answer-on-state (docs/variants.md)
+        if special is not None:
+            status = special.status_code
+            return special
+        reply = gw.call(svc, **req)
+        if reply.stream is not None:
+            raise NotAcceptable(f"{service} answers {request.method} {request.path} with a stream; ask for it with "
+                                "Accept: application/x-ndjson or Accept: text/event-stream",
+                                correlation_id=reply.correlation_id.hex())
         status = reply.status
-        response = Response(reply.body, status=reply.status,
-                            content_type=reply.content_type or svc.reply_content_type)
-        allowed = gw.config.http["forward_response_headers"]
-        for name, value in reply.headers:
-            if name in allowed:
-                response.headers.add(name, value)
-        response.headers["X-Correlation-Id"] = reply.correlation_id.hex()
-        return response
+        return reply_response(gw, svc, reply)
     except GatewayError as exc:
         status = exc.status
         if isinstance(exc, MethodNotAllowed):

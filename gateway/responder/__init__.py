@@ -15,7 +15,15 @@
     svc.run()   # until SIGTERM/SIGINT
 
 A handler returns a body (dict/list -> JSON, str -> text, bytes -> octet-stream), ``(status, body)``,
-``(status, headers, body)``, or a generator (a streaming reply: each item becomes one reply record). The SDK
+``(status, headers, body)``, or a generator (a streaming reply: each item becomes one reply record)::
+
+    @svc.route("GET", "/ticker/count")
+    def count(req):
+        for i in range(int(req.arg("n", "10"))):
+            yield {"i": i}      # one record each: gateway-seq=i, gateway-stream=more; then gateway-stream=end
+                                # (an exception ends the stream with a gateway-stream=error record)
+
+``svc.publish(topic, value, key)`` sends an event from inside a handler (e.g. ``orders.events``). The SDK
 handles correlation, where to reply (topic + partition + key), deadlines (expired requests are dropped and
 counted), errors (an exception becomes a 500 problem reply, never a hung request) and graceful shutdown.
 """

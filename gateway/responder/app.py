@@ -305,5 +305,14 @@ class Responder:
             producer.send(dest["topic"], value=value, key=dest["key"], headers=headers,
                           partition=dest["partition"])
 
+    def publish(self, topic: str, value: Any, key: str | bytes | None = None) -> None:
+        """Publish an event (not a reply) from inside a handler, e.g. ``orders.events``; dicts become JSON.
+
+        It leaves with the replies of the same batch, before the request offsets are committed."""
+        if self._producer is None:
+            raise RuntimeError("publish() works inside handlers while the responder runs")
+        data, _ = _encode_body(value)
+        self._producer.send(topic, value=data, key=key.encode() if isinstance(key, str) else key)
+
     def stop(self) -> None:
         self._stop.set()

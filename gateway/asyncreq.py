@@ -1,0 +1,238 @@
+"""Async request + poll: ``Prefer: respond-async`` -> 202 + ``Location: /requests/<id>``; any worker answers the poll.
+
+Why any worker can: the service replies straight onto the **results topic** (``async.results_topic``), keyed by
+the request id, and every worker tails that whole topic (group-less, from ``now - retention``) into a
+:class:`ResultStore`. Before answering 202 the accepting worker produces an *accepted marker* (same key, with the
+deadline) and waits for the broker's ack, so every worker can tell "pending" from "unknown" (404) once its tail
+has read that far; a poll that arrives earlier waits ``async.unknown_id_wait_ms`` for it. Nothing is held by
+the accepting worker: it may die right after the 202 and the result is still retrievable from any other one.
+
+The request id is the correlation id in hex (8-byte worker tag + 128 random bits): unguessable.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+from gevent.event import Event
+
+from . import metrics
+from .errors import BrokerUnavailable
+from .protocol import (
+    H_ASYNC,
+    H_DEADLINE_MS,
+    H_SERVICE,
+    ProtocolError,
+    Reply,
+    ReplyTo,
+    decode_reply,
+    new_correlation_id,
+    request_headers,
+)
+from .routing import partition_for_key
+from .streams import NDJSON, Reorderer, StreamBroken, item_json, problem_of
+
+if TYPE_CHECKING:
+    from .config import ServiceConfig
+    from .runtime import Gateway
+
+log = logging.getLogger(__name__)
+REQUEST_ID_HEX = 48    # 24 bytes: the correlation id
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class AsyncResult:
+    """What every worker knows about one async request."""
+
+    request_id: str
+    accepted_ms: int
+    deadline_ms: int | None = None
+    service: str | None = None
+    reply: Reply | None = None
+    done: Event = field(default_factory=Event)
+    _stream: Reorderer | None = None
+    _items: list[Reply] = field(default_factory=list)
+
+    def expired(self, at_ms: int) -> bool:
+        """Past the deadline without a reply."""
+        return self.reply is None and self.deadline_ms is not None and at_ms > self.deadline_ms
+
+
+class ResultStore:
+    """request id -> :class:`AsyncResult`, bounded by retention and count; fed by the results tail."""
+
+    def __init__(self, retention_ms: int, max_results: int) -> None:
+        self.retention_ms = retention_ms
+        self.max_results = max_results
+        self._entries: collections.OrderedDict[str, AsyncResult] = collections.OrderedDict()
+        self._known: dict[str, Event] = {}      # polls waiting for an id to become known
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _entry(self, rid: str, ts_ms: int) -> AsyncResult:
+        entry = self._entries.get(rid)
+        if entry is None:
+            entry = self._entries[rid] = AsyncResult(rid, ts_ms)
+            while len(self._entries) > self.max_results:
+                self._entries.popitem(last=False)
+            waiting = self._known.pop(rid, None)
+            if waiting is not None:
+                waiting.set()
+        return entry
+
+    def accepted(self, rid: str, ts_ms: int, deadline_ms: int | None, service: str | None) -> AsyncResult:
+        entry = self._entry(rid, ts_ms)
+        entry.accepted_ms = min(entry.accepted_ms, ts_ms)
+        entry.deadline_ms = deadline_ms
+        entry.service = service
+        return entry
+
+    def replied(self, reply: Reply, ts_ms: int) -> AsyncResult | None:
+        """A service's reply record. Streams are gathered into one NDJSON body when complete."""
+        entry = self._entry(reply.correlation_id.hex(), ts_ms)
+        if entry.done.is_set():
+            return None                          # duplicate
+        if reply.stream is None:
+            entry.reply = reply
+            entry.done.set()
+            return entry
+        if entry._stream is None:
+            entry._stream = Reorderer()
+        try:
+            entry._items.extend(entry._stream.push(reply))
+        except StreamBroken as exc:
+            entry.reply = _problem_reply(reply.correlation_id, exc.status, exc.to_problem())
+            entry.done.set()
+            return entry
+        if entry._stream.done:
+            lines = []
+            for item in entry._items:
+                if item.stream == "more":
+                    lines.append(item_json(item))
+                elif item.stream == "error":
+                    lines.append(json.dumps(problem_of(item)))
+            entry.reply = Reply(reply.correlation_id, 200, "".join(x + "\n" for x in lines).encode(), NDJSON)
+            entry._items = []
+            entry.done.set()
+        return entry
+
+    def get(self, rid: str, at_ms: int | None = None) -> AsyncResult | None:
+        entry = self._entries.get(rid)
+        if entry is None:
+            return None
+        at_ms = now_ms() if at_ms is None else at_ms
+        if at_ms - entry.accepted_ms > self.retention_ms:
+            self._entries.pop(rid, None)
+            return None
+        return entry
+
+    def wait_known(self, rid: str, timeout_s: float) -> AsyncResult | None:
+        entry = self.get(rid)
+        if entry is not None or timeout_s <= 0:
+            return entry
+        event = self._known.setdefault(rid, Event())
+        try:
+            event.wait(timeout_s)
+        finally:
+            if not event.is_set() and self._known.get(rid) is event:
+                del self._known[rid]
+        return self.get(rid)
+
+
+def _problem_reply(correlation_id: bytes, status: int, problem: dict[str, Any]) -> Reply:
+    return Reply(correlation_id, status, json.dumps(problem).encode(), "application/problem+json")
+
+
+def _header(headers: Iterable[tuple[str, bytes | None]], name: str) -> bytes | None:
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+class AsyncRequests:
+    """Per-worker: the results tail and store, accept and look-up."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        cfg = gw.config.async_
+        self.topic = cfg["results_topic"]
+        self.num_partitions = cfg["partitions"]
+        self.store = ResultStore(cfg["retention_ms"], cfg["max_results"])
+        self.tail: Any = None
+
+    # -- lifecycle (see gateway.variants) ----------------------------------------------------------------------
+    def start(self, actual_partitions: int | None) -> None:
+        from .kafka.tail import TopicTail
+
+        if actual_partitions:
+            self.num_partitions = actual_partitions
+        retention = self.store.retention_ms
+        self.tail = TopicTail(self.gw.config, self.topic, self.on_record, start="beginning",
+                              since_ms=lambda: now_ms() - retention,
+                              fetch_max_wait_ms=self.gw.config.async_["fetch_max_wait_ms"])
+        self.tail.start()
+
+    @property
+    def ready(self) -> bool:
+        return self.tail is not None and self.tail.ready
+
+    def stop(self) -> None:
+        if self.tail is not None:
+            self.tail.stop()
+
+    # -- results tail ------------------------------------------------------------------------------------------
+    def on_record(self, record: Any) -> None:
+        headers = record.headers or []
+        ts = record.timestamp if record.timestamp and record.timestamp > 0 else now_ms()
+        if _header(headers, H_ASYNC) == b"accepted":
+            if record.key is None:
+                return
+            deadline = _header(headers, H_DEADLINE_MS)
+            service = _header(headers, H_SERVICE)
+            self.store.accepted(record.key.decode("ascii", "replace"), ts, int(deadline) if deadline else None,
+                                service.decode() if service else None)
+            return
+        try:
+            reply = decode_reply(record.value, headers, record.partition, record.offset)
+        except ProtocolError as exc:
+            log.warning("dropping result at %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
+            return
+        self.store.replied(reply, ts)
+
+    # -- request path ------------------------------------------------------------------------------------------
+    def accept(self, svc: ServiceConfig, *, method: str, path: str, query: str, content_type: str | None,
+               http_headers: Iterable[tuple[str, str]], body: bytes, key: bytes | None) -> AsyncResult:
+        """Marker first (acked), then the request: once this returns, every worker will know the id."""
+        gw = self.gw
+        gw.check_ready()
+        if self.tail is None:
+            from .errors import NotReady
+            raise NotReady("this worker's async results reader is not started yet")
+        correlation_id = new_correlation_id(gw.worker_tag)
+        rid = correlation_id.hex()
+        rkey = rid.encode()
+        partition = partition_for_key(rkey, self.num_partitions)
+        accepted = now_ms()
+        deadline = accepted + svc.async_timeout_ms
+        timeout_s = gw.config.kafka["request_timeout_ms"] / 1000
+        marker = [(H_ASYNC, b"accepted"), (H_DEADLINE_MS, str(deadline).encode()), (H_SERVICE, svc.name.encode())]
+        headers = request_headers(correlation_id, ReplyTo(self.topic, partition, rkey), deadline, method, path,
+                                  query, content_type, http_headers)
+        try:
+            gw.producer.send(self.topic, key=rkey, value=b"", headers=marker, partition=partition).get(timeout_s)
+            entry = self.store.accepted(rid, accepted, deadline, svc.name)
+            gw.producer.send(svc.topic, value=body, key=key, headers=headers).get(timeout_s)
+        except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError, KafkaError, closed producer
+            metrics.PRODUCE_ERRORS.labels(svc.name).inc()
+            raise BrokerUnavailable(f"could not hand the async request to Kafka: {type(exc).__name__}") from None
+        return entry

@@ -1,0 +1,87 @@
+"""Async request + poll over HTTP: the accept side (called by the proxy) and ``GET /requests/<id>``."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, request
+
+from .. import current_gateway
+from ..asyncreq import AsyncResult, now_ms
+from ..errors import AsyncDeadline, MethodNotAllowed, NotFound
+from ..variants import current_variants
+from .common import parse_prefer, reply_response, wait_seconds
+
+if TYPE_CHECKING:
+    from ..config import ServiceConfig
+    from ..runtime import Gateway
+
+bp = Blueprint("async", __name__)
+_ID_RE = re.compile(r"^[0-9a-f]{48}$")
+
+
+def _location(rid: str) -> str:
+    return f"/requests/{rid}"
+
+
+def _pending(entry: AsyncResult) -> Response:
+    rid = entry.request_id
+    body = {"id": rid, "status": "pending", "location": _location(rid), "service": entry.service,
+            "deadline_ms": entry.deadline_ms}
+    return Response(json.dumps(body), 202, {"Location": _location(rid), "Retry-After": "1",
+                                            "Preference-Applied": "respond-async",
+                                            "Content-Type": "application/json"})
+
+
+def _result(gw: Gateway, entry: AsyncResult) -> Response:
+    if entry.reply is None:  # past the deadline without a reply
+        raise AsyncDeadline(f"{entry.service or 'the service'} did not reply before the request's deadline",
+                            correlation_id=entry.request_id, request_id=entry.request_id)
+    response = reply_response(gw, gw.config.services.get(entry.service or ""), entry.reply)
+    response.headers["Content-Location"] = _location(entry.request_id)
+    return response
+
+
+def _settle(gw: Gateway, entry: AsyncResult, wait_s: float | None) -> Response:
+    """The result if there is one (waiting up to *wait_s* for it), else 202 again."""
+    if not entry.done.is_set() and wait_s and entry.deadline_ms is not None:
+        until_deadline = (entry.deadline_ms - now_ms()) / 1000
+        entry.done.wait(max(0.0, min(wait_s, until_deadline + 0.05)))
+    elif not entry.done.is_set() and wait_s:
+        entry.done.wait(wait_s)
+    if entry.done.is_set() or entry.expired(now_ms()):
+        return _result(gw, entry)
+    return _pending(entry)
+
+
+def accept(gw: Gateway, svc: ServiceConfig, req: dict[str, Any], prefs: dict[str, str | None]) -> Response:
+    wait_s = wait_seconds(prefs, gw.config.async_["max_wait_ms"])
+    entry = current_variants().async_requests.accept(svc, **req)
+    response = _settle(gw, entry, wait_s)
+    if response.status_code == 202:
+        response.headers["Preference-Applied"] = "respond-async" + (", wait" if wait_s else "")
+    return response
+
+
+@bp.route("/requests/<rid>", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+          provide_automatic_options=False)
+def poll(rid: str) -> Response:
+    if request.method not in ("GET", "HEAD"):
+        raise MethodNotAllowed("an async result is read with GET", allow=["GET", "HEAD"])
+    gw = current_gateway()
+    cfg = gw.config.async_
+    prefs = parse_prefer(request.headers.getlist("Prefer"))
+    wait_s = wait_seconds(prefs, cfg["max_wait_ms"])
+    unknown = NotFound(f"no async request {rid!r}: the id is unknown or its result expired (results are kept "
+                       f"{cfg['retention_ms'] // 1000} s)", request_id=rid)
+    if not _ID_RE.match(rid):
+        raise unknown
+    started = time.monotonic()
+    entry = current_variants().async_requests.store.wait_known(rid, cfg["unknown_id_wait_ms"] / 1000)
+    if entry is None:
+        raise unknown
+    if wait_s:
+        wait_s = max(0.0, wait_s - (time.monotonic() - started))
+    return _settle(gw, entry, wait_s)

@@ -1,0 +1,54 @@
+"""Helpers shared by the HTTP blueprints: turning a reply into a response, reading ``Prefer``."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flask import Response
+
+from ..errors import BadRequest
+
+if TYPE_CHECKING:
+    from ..config import ServiceConfig
+    from ..protocol import Reply
+    from ..runtime import Gateway
+
+
+def reply_response(gw: Gateway, svc: ServiceConfig | None, reply: Reply) -> Response:
+    """A service's reply as the HTTP response: status, body, content type, allow-listed headers."""
+    default_type = svc.reply_content_type if svc is not None else "application/json"
+    response = Response(reply.body, status=reply.status, content_type=reply.content_type or default_type)
+    allowed = gw.config.http["forward_response_headers"]
+    for name, value in reply.headers:
+        if name in allowed:
+            response.headers.add(name, value)
+    response.headers["X-Correlation-Id"] = reply.correlation_id.hex()
+    return response
+
+
+def parse_prefer(values: list[str]) -> dict[str, str | None]:
+    """``Prefer`` (RFC 7240): ``respond-async, wait=10`` -> {"respond-async": None, "wait": "10"}.
+
+    Parameters after ``;`` are ignored; names are case-insensitive; the first occurrence of a name wins."""
+    prefs: dict[str, str | None] = {}
+    for header in values:
+        for token in header.split(","):
+            pref = token.split(";", 1)[0].strip()
+            if not pref:
+                continue
+            name, _, value = pref.partition("=")
+            prefs.setdefault(name.strip().lower(), value.strip().strip('"') if _ else None)
+    return prefs
+
+
+def wait_seconds(prefs: dict[str, str | None], cap_ms: int) -> float | None:
+    """``wait=<seconds>`` capped at *cap_ms*; None when absent; 400 when it is not a whole number >= 0."""
+    if "wait" not in prefs:
+        return None
+    raw = prefs["wait"]
+    try:
+        value = int(raw or "")
+    except ValueError:
+        raise BadRequest(f"Prefer: wait={raw} is not a whole number of seconds (e.g. Prefer: wait=10)") from None
+    if value < 0:
+        raise BadRequest(f"Prefer: wait={raw} must not be negative")
+    return min(value, cap_ms / 1000)

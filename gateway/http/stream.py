@@ -1,0 +1,88 @@
+"""Streaming replies over HTTP: NDJSON or Server-Sent Events, chunked, written as records arrive."""
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any, Iterator
+
+from flask import Response
+from werkzeug.wsgi import ClosingIterator
+
+from .. import metrics
+from ..errors import GatewayError, ReplyTimeout
+from ..streams import NDJSONFormat, ReplyStream, SSEFormat, StreamIdle, problem_of
+from .common import reply_response
+
+if TYPE_CHECKING:
+    from ..config import ServiceConfig
+    from ..protocol import Reply
+    from ..runtime import Gateway
+
+_BATCH = 256   # records already queued are written in one chunk
+
+
+def stream_response(gw: Gateway, svc: ServiceConfig, req: dict[str, Any],
+                    fmt: type[NDJSONFormat] | type[SSEFormat]) -> Response:
+    stream = ReplyStream()
+    waiter = gw.send_request(svc, stream.waiter, timeout_ms=svc.stream_timeout_ms, **req)
+    cid = waiter.correlation_id
+    metrics.IN_FLIGHT.labels(svc.name).inc()
+    closed = False
+
+    def close() -> None:
+        nonlocal closed
+        if not closed:
+            closed = True
+            gw.pending.remove(cid)
+            metrics.IN_FLIGHT.labels(svc.name).dec()
+
+    try:
+        first = stream.next(svc.timeout_ms / 1000)
+    except StreamIdle:
+        close()
+        metrics.TIMEOUTS.labels(svc.name).inc()
+        raise ReplyTimeout(f"{svc.name} did not reply within {svc.timeout_ms} ms", correlation_id=cid.hex()) from None
+    except GatewayError as exc:
+        close()
+        exc.extra.setdefault("correlation_id", cid.hex())
+        raise
+    if first.stream is None:              # a plain reply: answer it as it is
+        close()
+        return reply_response(gw, svc, first)
+    if first.stream == "error":           # nothing sent yet: the error can still be the HTTP status
+        close()
+        problem = {**problem_of(first), "correlation_id": cid.hex()}
+        status = problem["status"] if isinstance(problem["status"], int) and 400 <= problem["status"] <= 599 else 502
+        return Response(json.dumps(problem), status, {"X-Correlation-Id": cid.hex()},
+                        content_type="application/problem+json")
+    deadline = time.monotonic() + svc.stream_timeout_ms / 1000
+    idle_s = svc.stream_idle_timeout_ms / 1000
+
+    def chunks() -> Iterator[bytes]:
+        r: Reply = first
+        out: list[bytes] = []
+        while True:
+            if r.stream == "more":
+                out.append(fmt.item(r))
+            else:
+                out.append(fmt.end(r.seq or 0) if r.stream == "end" else fmt.error(problem_of(r)))
+                yield b"".join(out)
+                return
+            if stream.queue.empty() or len(out) >= _BATCH:
+                yield b"".join(out)
+                out = []
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise StreamIdle(f"the stream did not end within stream_timeout_ms ({svc.stream_timeout_ms})")
+                if remaining < idle_s:
+                    r = stream.next(remaining, f" (the stream's deadline, stream_timeout_ms={svc.stream_timeout_ms})")
+                else:
+                    r = stream.next(idle_s, f" (stream_idle_timeout_ms={svc.stream_idle_timeout_ms})")
+            except GatewayError as exc:
+                out.append(fmt.error(exc.to_problem(cid.hex())))
+                yield b"".join(out)
+                return
+
+    headers = {"X-Correlation-Id": cid.hex(), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(ClosingIterator(chunks(), [close]), 200, headers, content_type=fmt.content_type)

@@ -1,0 +1,373 @@
+"""``/ws``: request-reply over one websocket, many requests in flight, replies pushed as they arrive.
+
+A request frame is a JSON object ``{"id", "service", "method", "path", "headers", "body"}``; every frame the gateway
+sends back carries the request's ``id``: one reply frame, or a streaming reply's item frames then an ``end`` (or
+``error``) frame; bad input gets an error frame ``{"id", "error": <problem>}`` and the socket stays open.
+
+Each request goes through ``Gateway.send_request`` with a :class:`gateway.pending.Callback` waiter, so its reply
+comes back to this worker exactly like an HTTP request's. A reply is framed in the reply reader's greenlet and
+queued; one writer greenlet per socket writes the frames (so frames never interleave on the wire). A sweeper
+greenlet expires requests past their deadline or idle streams. A closed socket drops all its pending entries.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from flask import Blueprint, Response, request
+from gevent.queue import Queue
+
+from .. import current_gateway, metrics
+from ..config import HTTP_METHODS
+from ..errors import (
+    BadRequest,
+    GatewayError,
+    MalformedJSON,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ReplyTimeout,
+    UnknownService,
+    UnsupportedMediaType,
+)
+from ..pending import Callback
+from ..streams import Reorderer, StreamBroken, StreamIdle, problem_of
+from ..variants import current_variants
+
+if TYPE_CHECKING:
+    from ..config import ServiceConfig
+    from ..protocol import Reply
+    from ..runtime import Gateway
+
+log = logging.getLogger(__name__)
+bp = Blueprint("ws", __name__)
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_FIELDS = {"id", "service", "method", "path", "headers", "body"}
+
+
+class UpgradeRequired(GatewayError):
+    status, code, title = 426, "upgrade_required", "WebSocket upgrade required"
+
+
+class SocketBusy(GatewayError):
+    status, code, title = 429, "socket_in_flight_limit", "Too many requests in flight on this socket"
+
+
+class DuplicateId(BadRequest):
+    code, title = "duplicate_id", "A request with this id is already in flight on this socket"
+
+
+class _SendAll:
+    """simple-websocket writes with ``socket.send``, which may write part of a frame; write all of it, one writer
+    at a time (the library's own reader thread answers pings on the same socket)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()   # gevent-patched: a cooperative lock
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+@dataclass
+class _InFlight:
+    frame_id: Any
+    correlation_id: bytes
+    svc: ServiceConfig
+    first_deadline: float
+    stream_deadline: float
+    reorder: Reorderer = field(default_factory=Reorderer)
+    last_at: float = 0.0
+
+
+def _frame_body(reply: Reply) -> dict[str, Any]:
+    ctype = (reply.content_type or "").split(";", 1)[0].strip().lower()
+    if not reply.body:
+        return {"body": None}
+    if ctype == "application/json" or ctype.endswith("+json"):
+        try:
+            return {"body": json.loads(reply.body)}
+        except ValueError:
+            pass
+    if ctype.startswith("text/") or ctype.endswith(("json", "xml")):
+        return {"body": reply.body.decode("utf-8", "replace")}
+    return {"body": base64.b64encode(reply.body).decode(), "body_encoding": "base64"}
+
+
+class Session:
+    """One websocket: its in-flight requests, its writer and sweeper greenlets."""
+
+    def __init__(self, gw: Gateway, ws: Any) -> None:
+        self.gw = gw
+        self.ws = ws
+        self.limits = gw.config.websocket
+        self.inflight: dict[Any, _InFlight] = {}
+        self.out: Queue = Queue()
+        self.closed = False
+
+    # -- outgoing ----------------------------------------------------------------------------------------------
+    def send(self, frame: dict[str, Any]) -> None:
+        self.out.put(json.dumps(frame))
+
+    def send_error(self, frame_id: Any, error: GatewayError, correlation_id: str | None = None) -> None:
+        problem = error.to_problem(correlation_id)
+        if isinstance(error, MethodNotAllowed) and "allow" in error.extra:
+            problem["allow"] = error.extra["allow"]
+        self.send({"id": frame_id, "error": problem})
+
+    def _writer(self) -> None:
+        while True:
+            text = self.out.get()
+            if text is None:
+                return
+            try:
+                self.ws.send(text)
+            except Exception:  # noqa: BLE001 - ConnectionClosed, broken pipe: the reader loop ends the session
+                self.closed = True
+                return
+
+    # -- request frames ----------------------------------------------------------------------------------------
+    def on_frame(self, data: Any) -> None:
+        if isinstance(data, bytes):
+            raise BadRequest("frames are JSON text; binary frames are not accepted")
+        if len(data) > self.limits["max_frame_bytes"] and len(data.encode()) > self.limits["max_frame_bytes"]:
+            raise PayloadTooLarge(f"the frame is larger than websocket.max_frame_bytes "
+                                  f"({self.limits['max_frame_bytes']})")
+        try:
+            frame = json.loads(data)
+        except ValueError as exc:
+            raise MalformedJSON(f"the frame is not valid JSON: {exc}") from None
+        if not isinstance(frame, dict):
+            raise BadRequest('a frame is a JSON object: {"id", "service", "method", "path", "headers", "body"}')
+        frame_id = frame.get("id")
+        try:
+            self._request(frame)
+        except GatewayError as exc:
+            self.send_error(frame_id if isinstance(frame_id, (str, int)) else None, exc)
+
+    def _request(self, frame: dict[str, Any]) -> None:
+        gw = self.gw
+        unknown = set(frame) - _FIELDS
+        if unknown:
+            raise BadRequest(f"unknown frame field(s) {', '.join(sorted(unknown))}; a frame has "
+                             f"{', '.join(sorted(_FIELDS))}")
+        frame_id = frame.get("id")
+        if not isinstance(frame_id, (str, int)) or isinstance(frame_id, bool) or len(str(frame_id)) > 128:
+            raise BadRequest("every frame needs an \"id\": a string or integer (at most 128 characters) that the "
+                             "reply frames will carry")
+        if frame_id in self.inflight:
+            raise DuplicateId(f"request {frame_id!r} is still in flight on this socket; use a new id")
+        service = frame.get("service")
+        svc = gw.config.services.get(service) if isinstance(service, str) else None
+        if svc is None:
+            raise UnknownService(f"no service {service!r}; known: {', '.join(sorted(gw.config.services))}")
+        method = frame.get("method", "GET")
+        if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+            raise BadRequest(f"method {method!r} is not one of {', '.join(HTTP_METHODS)}")
+        method = method.upper()
+        if method not in svc.methods:
+            raise MethodNotAllowed(f"{svc.name} accepts {', '.join(svc.methods)}", allow=list(svc.methods))
+        rel = frame.get("path", "")
+        if not isinstance(rel, str) or (rel and rel[0] not in "/?"):
+            raise BadRequest('"path" is the path under the service, starting with "/" (e.g. "/o-1"), or empty')
+        rel_path, _, query = rel.partition("?")
+        path = f"/{svc.name}{rel_path}"
+        headers = frame.get("headers") or {}
+        if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in headers.items()):
+            raise BadRequest('"headers" is an object of string values')
+        headers = {k.lower(): v for k, v in headers.items()}
+        body, content_type = self._body(svc, frame.get("body"), headers.get("content-type"))
+        if len(self.inflight) >= self.limits["max_in_flight"]:
+            raise SocketBusy(f"this socket already has {self.limits['max_in_flight']} requests in flight "
+                             "(websocket.max_in_flight); wait for some replies")
+        allow = gw.config.http["forward_request_headers"]
+        forwarded = [(k, v) for k, v in headers.items() if k in allow or k in ("traceparent", "tracestate")]
+        now = time.monotonic()
+        entry = _InFlight(frame_id, b"", svc, now + svc.timeout_ms / 1000, now + svc.stream_timeout_ms / 1000)
+
+        def make(correlation_id: bytes, partition: int, deadline: float) -> Callback:
+            entry.correlation_id = correlation_id
+            return Callback(correlation_id, partition, deadline, lambda r: self._on_reply(entry, r),
+                            lambda exc: self._on_error(entry, exc))
+
+        self.inflight[frame_id] = entry
+        metrics.IN_FLIGHT.labels(svc.name).inc()
+        try:
+            gw.send_request(svc, make, method=method, path=path, query=query, content_type=content_type,
+                            http_headers=forwarded, body=body, key=_key(svc, path, headers, frame.get("body")),
+                            timeout_ms=svc.stream_timeout_ms)
+        except BaseException:
+            self._finish(entry)
+            raise
+
+    def _body(self, svc: ServiceConfig, body: Any, content_type: str | None) -> tuple[bytes, str | None]:
+        if body is None:
+            return b"", None
+        if content_type and isinstance(body, str):
+            data, ctype = body.encode(), content_type
+        else:
+            data, ctype = json.dumps(body).encode(), "application/json"
+        mimetype = ctype.split(";", 1)[0].strip().lower()
+        if "*/*" not in svc.content_types and mimetype not in svc.content_types:
+            raise UnsupportedMediaType(f"{svc.name} does not accept {mimetype}; send one of "
+                                       f"{', '.join(svc.content_types)}")
+        if len(data) > self.gw.config.limits["max_body_bytes"]:
+            raise PayloadTooLarge(f"the body is larger than limits.max_body_bytes "
+                                  f"({self.gw.config.limits['max_body_bytes']})")
+        return data, ctype
+
+    # -- replies (called in the reply reader's greenlet: frame and queue, never block) -------------------------
+    def _finish(self, entry: _InFlight) -> None:
+        if self.inflight.pop(entry.frame_id, None) is entry:
+            metrics.IN_FLIGHT.labels(entry.svc.name).dec()
+
+    def _on_reply(self, entry: _InFlight, reply: Reply) -> bool:
+        entry.last_at = time.monotonic()
+        cid = reply.correlation_id.hex()
+        try:
+            ready = entry.reorder.push(reply)
+        except StreamBroken as exc:
+            self.send_error(entry.frame_id, exc, cid)
+            self._finish(entry)
+            return True
+        allowed = self.gw.config.http["forward_response_headers"]
+        for r in ready:
+            if r.stream is None:
+                frame = {"id": entry.frame_id, "status": r.status, "correlation_id": cid,
+                         "headers": {k: v for k, v in r.headers if k in allowed},
+                         "content_type": r.content_type or entry.svc.reply_content_type, **_frame_body(r)}
+            elif r.stream == "more":
+                frame = {"id": entry.frame_id, "seq": r.seq, "stream": "more", **_frame_body(r)}
+            elif r.stream == "end":
+                frame = {"id": entry.frame_id, "seq": r.seq, "stream": "end"}
+            else:
+                frame = {"id": entry.frame_id, "seq": r.seq, "stream": "error", "error": problem_of(r)}
+            self.send(frame)
+        if entry.reorder.done:
+            self._finish(entry)
+            return True
+        return False
+
+    def _on_error(self, entry: _InFlight, exc: BaseException) -> None:
+        self.gw.pending.remove(entry.correlation_id)
+        if entry.frame_id in self.inflight:
+            err = exc if isinstance(exc, GatewayError) else GatewayError(str(exc))
+            self.send_error(entry.frame_id, err, entry.correlation_id.hex())
+            self._finish(entry)
+
+    def _sweep(self) -> None:
+        while not self.closed:
+            gevent.sleep(0.1)
+            now = time.monotonic()
+            for entry in list(self.inflight.values()):
+                error: GatewayError | None = None
+                if entry.last_at == 0.0 and now > entry.first_deadline:
+                    metrics.TIMEOUTS.labels(entry.svc.name).inc()
+                    error = ReplyTimeout(f"{entry.svc.name} did not reply within {entry.svc.timeout_ms} ms")
+                elif entry.last_at and now > entry.stream_deadline:
+                    error = StreamIdle(f"the stream did not end within stream_timeout_ms "
+                                       f"({entry.svc.stream_timeout_ms})")
+                elif entry.last_at and now - entry.last_at > entry.svc.stream_idle_timeout_ms / 1000:
+                    error = StreamIdle(f"no stream record for stream_idle_timeout_ms "
+                                       f"({entry.svc.stream_idle_timeout_ms})")
+                if error is not None:
+                    self.gw.pending.remove(entry.correlation_id)
+                    self.send_error(entry.frame_id, error, entry.correlation_id.hex())
+                    self._finish(entry)
+
+    # -- the socket's life -------------------------------------------------------------------------------------
+    def run(self) -> None:
+        from simple_websocket import ConnectionClosed
+
+        writer = gevent.spawn(self._writer)
+        sweeper = gevent.spawn(self._sweep)
+        try:
+            while not self.closed:
+                data = self.ws.receive()
+                try:
+                    self.on_frame(data)
+                except GatewayError as exc:
+                    self.send_error(None, exc)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed = True
+            for entry in list(self.inflight.values()):
+                self.gw.pending.remove(entry.correlation_id)
+                self._finish(entry)
+            sweeper.kill(block=False)
+            self.out.put(None)
+            writer.join(timeout=5)
+            writer.kill(block=False)
+
+
+def _key(svc: ServiceConfig, path: str, headers: dict[str, str], body: Any) -> bytes | None:
+    spec = svc.key
+    if spec is None:
+        return None
+    if spec["source"] == "path":
+        segments = [s for s in path.split("/") if s]
+        return segments[spec["segment"]].encode() if spec["segment"] < len(segments) else None
+    if spec["source"] == "header":
+        value = headers.get(spec["header"].lower())
+        return value.encode("latin-1", "replace") if value is not None else None
+    if isinstance(body, dict) and body.get(spec["field"]) is not None:
+        value = body[spec["field"]]
+        return (value if isinstance(value, str) else json.dumps(value)).encode()
+    return None
+
+
+@bp.route("/ws", methods=ALL_METHODS, provide_automatic_options=False)
+def not_websocket() -> Response:
+    """Plain HTTP on /ws: say what to do instead of falling through to the proxy ("no service 'ws'")."""
+    if request.method != "GET":
+        raise MethodNotAllowed("/ws is a websocket endpoint: GET with Upgrade: websocket", allow=["GET"])
+    raise UpgradeRequired("/ws speaks WebSocket: connect with a websocket client (Upgrade: websocket)")
+
+
+@bp.route("/ws", endpoint="websocket", websocket=True)   # werkzeug matches this rule only for upgrade requests
+def websocket() -> Response:
+    from simple_websocket import Server
+
+    gw = current_gateway()
+    gw.check_ready()
+    variants = current_variants()
+    limit = gw.config.websocket["max_frame_bytes"]
+    ws = Server(request.environ, max_message_size=4 * limit + 4096)
+    ws.sock = _SendAll(ws.sock)
+    variants.sockets += 1
+    try:
+        Session(gw, ws).run()
+    finally:
+        variants.sockets -= 1
+        try:
+            ws.close()
+        except Exception:  # noqa: BLE001 - already closed by the client
+            pass
+    return _Upgraded(ws.mode)
+
+
+class _Upgraded(Response):
+    """The connection was a websocket: nothing more may be written to it as HTTP (as flask-sock does)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        if self.mode == "gunicorn":
+            raise StopIteration()   # gunicorn's async worker closes the connection quietly on StopIteration
+        if self.mode == "werkzeug":
+            return super().__call__(environ, start_response)
+        return []

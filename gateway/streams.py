@@ -1,0 +1,194 @@
+"""Streaming replies: put a stream's reply records back in order, and write them as NDJSON or Server-Sent Events.
+
+A service streams by answering one request with many reply records, each with ``gateway-seq`` (0, 1, 2, ...) and
+``gateway-stream``: ``more`` on every item, ``end`` on the last record (its body is ignored) or ``error`` (its body,
+a problem, ends the stream). Kafka keeps one partition in order, but a service may use several producers or
+retry, so :class:`Reorderer` releases records strictly by seq and drops duplicates.
+
+:class:`ReplyStream` is the waiter side: a :class:`gateway.pending.Callback` feeds it from the reply reader's
+greenlet, the HTTP or websocket greenlet takes records from its queue with a timeout (the idle gap).
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from gevent.queue import Empty, Queue
+
+from .errors import GatewayError
+from .pending import Callback
+
+if TYPE_CHECKING:
+    from .protocol import Reply
+
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+TERMINAL = ("end", "error")
+
+
+class StreamBroken(GatewayError):
+    status, code, title = 502, "stream_broken", "The service's stream broke the wire protocol"
+
+
+class StreamIdle(GatewayError):
+    status, code, title = 504, "stream_idle", "The stream stalled"
+
+
+class Reorderer:
+    """Releases a stream's records in seq order, each once; a plain reply (no ``gateway-stream``) is a stream
+    of one. ``done`` once the terminal record (end/error/plain) was released."""
+
+    def __init__(self, max_buffered: int = 10000) -> None:
+        self.next_seq = 0
+        self.done = False
+        self.duplicates = 0
+        self._buffer: dict[int, Reply] = {}
+        self._max = max_buffered
+
+    def push(self, reply: Reply) -> list[Reply]:
+        if self.done:
+            self.duplicates += 1
+            return []
+        if reply.stream is None:
+            if self.next_seq == 0 and not self._buffer:
+                self.done = True
+                return [reply]
+            raise StreamBroken("a reply without gateway-stream arrived in the middle of a stream")
+        if reply.stream not in ("more", *TERMINAL):
+            raise StreamBroken(f"gateway-stream {reply.stream!r} is not more, end or error")
+        if reply.seq is None or reply.seq < 0:
+            raise StreamBroken("a stream record has no gateway-seq")
+        if reply.seq < self.next_seq or reply.seq in self._buffer:
+            self.duplicates += 1
+            return []
+        if len(self._buffer) >= self._max:
+            raise StreamBroken(f"more than {self._max} stream records arrived out of order (missing seq "
+                               f"{self.next_seq})")
+        self._buffer[reply.seq] = reply
+        out = []
+        while self.next_seq in self._buffer:
+            r = self._buffer.pop(self.next_seq)
+            out.append(r)
+            self.next_seq += 1
+            if r.stream in TERMINAL:
+                self.done = True
+                self._buffer.clear()
+                break
+        return out
+
+
+class ReplyStream:
+    """A waiter that queues a request's replies in order. Use :meth:`waiter` as ``send_request``'s factory."""
+
+    def __init__(self, max_buffered: int = 10000) -> None:
+        self.queue: Queue = Queue()
+        self.reorder = Reorderer(max_buffered)
+
+    def waiter(self, correlation_id: bytes, partition: int, deadline: float) -> Callback:
+        return Callback(correlation_id, partition, deadline, self._on_reply, self.queue.put)
+
+    def _on_reply(self, reply: Reply) -> bool:
+        try:
+            for r in self.reorder.push(reply):
+                self.queue.put(r)
+        except StreamBroken as exc:
+            self.reorder.done = True
+            self.queue.put(exc)
+        return self.reorder.done
+
+    def next(self, timeout_s: float, why: str = "") -> Reply:
+        """The next record in order; raises :class:`StreamIdle` after *timeout_s*, or the waiter's failure."""
+        try:
+            item = self.queue.get(timeout=max(0.0, timeout_s))
+        except Empty:
+            raise StreamIdle(f"no stream record within {int(timeout_s * 1000)} ms{why}") from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+# -- encodings ---------------------------------------------------------------------------------------------------
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    mt = content_type.split(";", 1)[0].strip().lower()
+    return mt == "application/json" or mt.endswith("+json")
+
+
+def item_json(reply: Reply) -> str:
+    """One stream item as one line of JSON: JSON bodies as they are (compacted if they span lines), text as a
+    JSON string, an empty body as null, other bytes as their UTF-8 reading (replacement characters)."""
+    body = reply.body
+    if not body:
+        return "null"
+    if _is_json(reply.content_type):
+        text = body.decode("utf-8", "replace").strip()
+        if "\n" not in text and "\r" not in text:
+            return text
+        try:
+            return json.dumps(json.loads(text), separators=(",", ":"))
+        except ValueError:
+            return json.dumps(text)
+    return json.dumps(body.decode("utf-8", "replace"))
+
+
+def problem_of(reply: Reply) -> dict[str, Any]:
+    """The problem object of a ``gateway-stream=error`` record (or a generic one if its body is not JSON)."""
+    try:
+        body = json.loads(reply.body or b"{}")
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {"detail": reply.body.decode("utf-8", "replace")}
+    body.setdefault("type", "urn:kafka-rest-gateway:error:service_stream_error")
+    body.setdefault("title", "The service ended the stream with an error")
+    body.setdefault("status", reply.status if reply.status >= 400 else 500)
+    return body
+
+
+class NDJSONFormat:
+    """``application/x-ndjson``: one JSON value per line; an error ends the stream with a problem object line
+    (``"type": "urn:kafka-rest-gateway:error:..."``); a clean end is the end of the chunked body."""
+
+    content_type = NDJSON
+
+    @staticmethod
+    def item(reply: Reply) -> bytes:
+        return (item_json(reply) + "\n").encode()
+
+    @staticmethod
+    def end(seq: int) -> bytes:
+        return b""
+
+    @staticmethod
+    def error(problem: dict[str, Any]) -> bytes:
+        return (json.dumps(problem) + "\n").encode()
+
+
+class SSEFormat:
+    """``text/event-stream``: each item an event with ``id: <seq>``; ``event: end`` or ``event: error`` last, so
+    an EventSource can close instead of reconnecting."""
+
+    content_type = SSE
+
+    @staticmethod
+    def item(reply: Reply) -> bytes:
+        return f"id: {reply.seq}\ndata: {item_json(reply)}\n\n".encode()
+
+    @staticmethod
+    def end(seq: int) -> bytes:
+        return f"event: end\ndata: {json.dumps({'items': seq})}\n\n".encode()
+
+    @staticmethod
+    def error(problem: dict[str, Any]) -> bytes:
+        return f"event: error\ndata: {json.dumps(problem)}\n\n".encode()
+
+
+def wanted_format(accept_values: list[tuple[str, float]]) -> type[NDJSONFormat] | type[SSEFormat] | None:
+    """The stream format the client explicitly accepts (not via ``*/*``), SSE first."""
+    named = {mt.lower() for mt, q in accept_values if q > 0}
+    if SSE in named:
+        return SSEFormat
+    if NDJSON in named or "application/jsonl" in named:
+        return NDJSONFormat
+    return None

@@ -1,0 +1,148 @@
+"""``/ws`` (docs/variants.md, variant 3): many requests in flight per socket, replies pushed back by id."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+import websocket
+
+from gateway.testing import metric_value, wait_until
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+def connect(gateway, timeout: float = 10) -> websocket.WebSocket:
+    return websocket.create_connection(gateway.url.replace("http://", "ws://") + "/ws", timeout=timeout)
+
+
+def recv(ws: websocket.WebSocket, n: int) -> list[dict]:
+    return [json.loads(ws.recv()) for _ in range(n)]
+
+
+def test_requests_replies_and_streams_by_id(gateway):
+    ws = connect(gateway)
+    try:
+        ws.send(json.dumps({"id": "s", "service": "ticker", "method": "GET", "path": "/count?n=3"}))
+        ws.send(json.dumps({"id": 1, "service": "echo", "method": "POST", "path": "/a?x=1",
+                            "headers": {"X-Request-Id": "r-1", "Authorization": "secret"}, "body": {"k": [1]}}))
+        ws.send(json.dumps({"id": 2, "service": "echo", "method": "PUT", "path": "/t",
+                            "headers": {"Content-Type": "text/plain"}, "body": "hello"}))
+        frames = recv(ws, 6)
+    finally:
+        ws.close()
+    by_id: dict = {}
+    for f in frames:
+        by_id.setdefault(f["id"], []).append(f)
+    one = by_id[1][0]
+    assert one["status"] == 200 and one["body"]["path"] == "/echo/a" and one["body"]["query"] == {"x": ["1"]}
+    assert one["body"]["body"] == '{"k": [1]}' and one["body"]["headers"] == {"x-request-id": "r-1"}
+    assert len(one["correlation_id"]) == 48
+    two = by_id[2][0]["body"]
+    assert two["method"] == "PUT" and two["body"] == "hello" and two["content_type"] == "text/plain"
+    assert [(f["seq"], f["stream"], f.get("body")) for f in by_id["s"]] == [
+        (0, "more", {"i": 0}), (1, "more", {"i": 1}), (2, "more", {"i": 2}), (3, "end", None)]
+
+
+def test_bad_frames_get_error_frames_and_the_socket_stays_open(gateway):
+    ws = connect(gateway)
+    try:
+        bad = [
+            ("not json", None, "malformed_json"),
+            (json.dumps([1]), None, "bad_request"),
+            (json.dumps({"service": "echo"}), None, "bad_request"),
+            (json.dumps({"id": 1, "service": "nope"}), 1, "unknown_service"),
+            (json.dumps({"id": 2, "service": "orders", "method": "DELETE"}), 2, "method_not_allowed"),
+            (json.dumps({"id": 3, "service": "echo", "method": "BREW"}), 3, "bad_request"),
+            (json.dumps({"id": 4, "service": "echo", "path": "no-slash"}), 4, "bad_request"),
+            (json.dumps({"id": 5, "service": "echo", "verb": "GET"}), 5, "bad_request"),
+            (json.dumps({"id": 6, "service": "echo", "headers": {"a": 1}}), 6, "bad_request"),
+            (json.dumps({"id": 7, "service": "jsononly", "method": "POST", "body": "x",
+                         "headers": {"content-type": "text/plain"}}), 7, "unsupported_media_type"),
+            (json.dumps({"id": 8, "service": "echo", "body": "x" * 9000}), None, "payload_too_large"),
+        ]
+        for text, frame_id, code in bad:
+            ws.send(text)
+            frame = json.loads(ws.recv())
+            assert frame["id"] == frame_id and frame["error"]["code"] == code, (text[:60], frame)
+            assert 400 <= frame["error"]["status"] < 500 and frame["error"]["detail"]
+        ws.send_binary(b"\x00\x01")
+        assert json.loads(ws.recv())["error"]["code"] == "bad_request"
+        ws.send(json.dumps({"id": "ok", "service": "echo", "path": "/still-open"}))
+        assert json.loads(ws.recv())["body"]["path"] == "/echo/still-open"
+    finally:
+        ws.close()
+    assert requests.get(gateway.url + "/ws", timeout=5).status_code == 426
+    assert requests.post(gateway.url + "/ws", timeout=5).status_code == 405
+
+
+def test_in_flight_limit_duplicate_ids_and_timeouts(gateway):
+    """blackhole never answers (timeout 800 ms): 50 in flight (websocket.max_in_flight) fill the socket."""
+    ws = connect(gateway)
+    try:
+        for i in range(50):
+            ws.send(json.dumps({"id": i, "service": "blackhole", "path": "/x"}))
+        ws.send(json.dumps({"id": 0, "service": "blackhole", "path": "/x"}))
+        ws.send(json.dumps({"id": 50, "service": "blackhole", "path": "/x"}))
+        frames = recv(ws, 52)
+    finally:
+        ws.close()
+    codes = [(f["id"], f["error"]["code"]) for f in frames]
+    assert codes[:2] == [(0, "duplicate_id"), (50, "socket_in_flight_limit")]
+    assert sorted(codes[2:]) == [(i, "reply_timeout") for i in range(50)]
+
+
+def test_closed_socket_drops_its_pending_requests(gateway):
+    """void has no consumer and a 30 s timeout: only closing the socket can empty the pending table."""
+    ws = connect(gateway)
+    for i in range(5):
+        ws.send(json.dumps({"id": i, "service": "void"}))
+    wait_until(lambda: metric_value(gateway.metrics(), "gateway_in_flight", 'service="void"') == 5, 10, 0.05,
+               "5 void requests in flight")
+    ws.close()
+    wait_until(lambda: metric_value(gateway.metrics(), "gateway_in_flight", 'service="void"') == 0, 5, 0.05,
+               "the closed socket's requests dropped")
+
+
+def test_100_clients_with_many_requests_in_flight_each_get_their_own_replies(gateway):
+    """wsecho: an echo service of its own with a 30 s timeout, so a busy 2-core machine slows it, never fails it."""
+    clients, per_client = 100, 20
+    sockets = [connect(gateway, timeout=60) for _ in range(clients)]
+    errors: list[str] = []
+    received = [0] * clients
+
+    def run(c: int) -> None:
+        ws = sockets[c]
+        try:
+            for i in range(per_client):
+                ws.send(json.dumps({"id": f"{c}-{i}", "service": "wsecho", "method": "POST", "path": f"/c{c}",
+                                    "body": {"client": c, "i": i}}))
+            seen = set()
+            for _ in range(per_client):
+                f = json.loads(ws.recv())
+                if "error" in f:
+                    errors.append(f"client {c}: {f}")
+                    continue
+                body = json.loads(f["body"]["body"])
+                mine = body["client"] == c and f["body"]["path"] == f"/wsecho/c{c}"
+                if f["id"] != f"{body['client']}-{body['i']}" or not mine:
+                    errors.append(f"client {c} got {f['id']} with {body}")
+                seen.add(f["id"])
+            received[c] = len(seen)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"client {c}: {exc!r}")
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    elapsed = time.monotonic() - started
+    for ws in sockets:
+        ws.close()
+    assert not errors, errors[:5]
+    assert received == [per_client] * clients
+    print(f"{clients * per_client} websocket requests over {clients} sockets in {elapsed:.1f}s")
