@@ -51,6 +51,8 @@ class Gateway:
         self._probe = None
         # requests whose record the broker has not acknowledged yet: failed at once (503) if the broker goes away
         self._unacked: dict[bytes, Waiter] = {}
+        # called after a broker outage, once topics are re-created (the variants' tails re-position there)
+        self.recovery_hooks: list[Callable[[], None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self, wait_ready: bool = True) -> bool:
@@ -174,6 +176,11 @@ class Gateway:
         except Exception:  # noqa: BLE001
             log.debug("metadata refresh request failed", exc_info=True)
         self.reader.request_recheck()
+        for hook in self.recovery_hooks:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001
+                log.exception("recovery hook %r failed", hook)
 
     def _probe_broker(self) -> None:
         """Every second, can we open a TCP connection to any bootstrap server? Fast-fail needs a signal that does

