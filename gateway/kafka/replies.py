@@ -207,27 +207,34 @@ class ReplyReader:
                       "and keeps minting on borrowed partition %s. Does the reply topic have a partition for "
                       "every gateway worker of every instance?", sorted(self.borrowed))
         mint = self._owned or self.borrowed
-        want = mint | (self.reading & self.pending.partitions_in_use())
-        if want != self.reading:
-            added = want - self.reading
-            consumer.assign([TopicPartition(self.topic, p) for p in sorted(want)])
-            if added:
-                tps = [TopicPartition(self.topic, p) for p in sorted(added)]
-                consumer.seek_to_end(*tps)
-                for tp in tps:
-                    consumer.position(tp)  # resolve the offset now, before a key for it is handed out
-            dropped = self.reading - want
-            if dropped:
-                log.info("reply partitions %s drained and released", sorted(dropped))
-            self.reading = want
-            metrics.READING_PARTITIONS.set(len(want))
+        # 1. grow: read and position the new partitions. position() does IO, so other greenlets run meanwhile
+        #    and keep minting on the current set; nothing is released in this step, so all of it stays read.
+        added = mint - self.reading
+        if added:
+            grow = self.reading | added
+            consumer.assign([TopicPartition(self.topic, p) for p in sorted(grow)])
+            tps = [TopicPartition(self.topic, p) for p in sorted(added)]
+            consumer.seek_to_end(*tps)
+            for tp in tps:
+                consumer.position(tp)  # resolve the offset now, before a key for it is handed out
+            self.reading = grow
+        # 2. switch minting to the new set: every partition in it is positioned
         if changed:
-            self.router.set_owned(mint)  # only now: every partition in it is positioned
+            self.router.set_owned(mint)
             metrics.OWNED_PARTITIONS.set(len(self._owned))
             if mint:
                 self.positioned.set()
             else:
                 self.positioned.clear()
+        # 3. release what is no longer minted on and has nothing pending. No IO (no greenlet switch) from the
+        #    pending check to the assign: a request registers its waiter in the same step as it picks the partition.
+        keep = set(self.router.owned) | (self.reading & self.pending.partitions_in_use())
+        if keep != self.reading:
+            dropped = self.reading - keep
+            consumer.assign([TopicPartition(self.topic, p) for p in sorted(keep)])
+            log.info("reply partitions %s drained and released", sorted(dropped))
+            self.reading = keep
+        metrics.READING_PARTITIONS.set(len(self.reading))
 
     @property
     def owned(self) -> set[int]:
