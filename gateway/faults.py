@@ -309,13 +309,14 @@ def _settled(state: dict[str, Any], workers: int) -> bool:
 
 
 def wait_workers_ready(gws: list[GunicornGateway], workers: int, timeout_s: float = READY_S) -> float:
-    """Until exactly *workers* live workers, each ready (it owns a positioned reply partition and takes
-    requests). Returns the seconds it took; the timeout error shows the last state."""
+    """Until exactly *workers* live workers, each serving (reading a positioned reply partition it mints on:
+    its own or, while the group has not assigned it any, a borrowed one). Returns the seconds it took; the
+    timeout error shows the last state. Whether the group converged is ``settle``'s business."""
     started = time.monotonic()
     state: dict[str, Any] = {}
     while time.monotonic() - started < timeout_s:
         state = group_state(gws)
-        if state["live"] == workers and state["workers_ready"] == workers:
+        if state["live"] == workers and all(w.get("read", 0) >= 1 for w in state["per_worker"].values()):
             return time.monotonic() - started
         time.sleep(0.05)
     raise TimeoutError(f"{workers} ready workers not reached within {timeout_s:.0f}s; last state {state}")
