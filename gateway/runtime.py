@@ -84,7 +84,7 @@ class Gateway:
         self.producer = KafkaProducer(
             **self.config.kafka_client_kwargs(), acks=k["acks"], linger_ms=k["linger_ms"],
             enable_idempotence=False, max_block_ms=k["max_block_ms"],
-            compression_type=k["compression_type"], retries=3,
+            compression_type=k["compression_type"], retries=3, allow_auto_create_topics=False,
             delivery_timeout_ms=max(k["request_timeout_ms"] * 2, 10000),
             max_request_size=max(1048576, self.config.limits["max_body_bytes"] + 65536))
         t_producer = time.monotonic() - t0
@@ -165,7 +165,13 @@ class Gateway:
 
         for attempt in range(10):
             try:
-                ensure_topics(self.config, wanted_topics(self.config))
+                actual = ensure_topics(self.config, wanted_topics(self.config))
+                reply_topic = self.config.reply["topic"]
+                if actual.get(reply_topic) != self.router.num_partitions:
+                    log.error("reply topic %s now has %s partitions, keys are minted for %d: replies can go to "
+                              "partitions nobody reads. Re-create it with %d partitions (`gateway topics`)",
+                              reply_topic, actual.get(reply_topic), self.router.num_partitions,
+                              self.router.num_partitions)
                 break
             except Exception as exc:  # noqa: BLE001 - the broker may still be starting
                 log.warning("re-creating topics failed (%s); retry %d", exc, attempt + 1)

@@ -64,7 +64,8 @@ class GroupMembership(ConsumerRebalanceListener):
             # polls every 200 ms, so it can be short-ish (a long one stalls new workers' first assignment), but a
             # busy worker must still make it back in time, or it is dropped and the group rebalances again.
             max_poll_interval_ms=2 * k["session_timeout_ms"],
-            partition_assignment_strategy=[StickyPartitionAssignor])
+            partition_assignment_strategy=[StickyPartitionAssignor],
+            allow_auto_create_topics=False)  # a broker's default partition count would break key minting
         consumer.subscribe([self.topic], listener=self)
         return consumer
 
@@ -186,7 +187,7 @@ class ReplyReader:
             # New partitions are positioned explicitly (seek_to_end); "earliest" only applies when a position
             # falls off the log (topic recreated): then every record in it is new, and may be a reply we await.
             fetch_max_wait_ms=k["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="earliest",
-            max_poll_records=2000)
+            max_poll_records=2000, allow_auto_create_topics=False)
         self._greenlet = gevent.spawn(self._run)
 
     def set_target(self, owned: set[int]) -> None:

@@ -52,7 +52,8 @@ class TopicTail:
         self._consumer = KafkaConsumer(
             **self.config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
             fetch_max_wait_ms=self.fetch_max_wait_ms, fetch_min_bytes=1,
-            auto_offset_reset="earliest" if self.start_at == "beginning" else "latest", max_poll_records=2000)
+            auto_offset_reset="earliest" if self.start_at == "beginning" else "latest", max_poll_records=2000,
+            allow_auto_create_topics=False)
         self._greenlet = gevent.spawn(self._run)
 
     @property

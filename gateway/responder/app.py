@@ -238,10 +238,14 @@ class Responder:
             self.topic, bootstrap_servers=self.bootstrap_servers, group_id=self.group_id,
             client_id=f"{self.name}-service", enable_auto_commit=False, auto_offset_reset="earliest",
             fetch_max_wait_ms=int(settings.pop("fetch_max_wait_ms", 10)), session_timeout_ms=session_ms,
-            heartbeat_interval_ms=max(100, session_ms // 3), max_poll_records=500, **settings)
+            heartbeat_interval_ms=max(100, session_ms // 3), max_poll_records=500,
+            allow_auto_create_topics=False, **settings)
         self._producer = producer = KafkaProducer(
             bootstrap_servers=self.bootstrap_servers, client_id=f"{self.name}-service", linger_ms=0, acks=1,
-            enable_idempotence=False, max_block_ms=5000)
+            enable_idempotence=False, max_block_ms=5000,
+            # never auto-create the gateway's reply topic with the broker's default partition count: the
+            # gateway's reply keys are minted for the configured count (the gateway re-creates it after an outage)
+            allow_auto_create_topics=False)
         log.info("%s: consuming %s as group %s", self.name, self.topic, self.group_id)
         unassigned_since = time.monotonic()
         next_check = time.monotonic() + 5
