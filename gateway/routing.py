@@ -86,6 +86,13 @@ class ReplyRouter:
                 self._keys[p] = mint_reply_key(p, self.num_partitions)
         self._owned = owned
 
+    def resize(self, num_partitions: int) -> None:
+        """The reply topic has another partition count than keys were minted for (re-created by hand, or
+        auto-created by a broker with its default count): mint for the real count from now on."""
+        self.num_partitions = num_partitions
+        self._keys = {}
+        self.set_owned(p for p in self._owned if p < num_partitions)
+
     def next(self) -> tuple[int, bytes] | None:
         """A (partition, reply key) pair, round-robin over owned partitions; None when this worker owns none."""
         owned = self._owned

@@ -167,11 +167,14 @@ class Gateway:
             try:
                 actual = ensure_topics(self.config, wanted_topics(self.config))
                 reply_topic = self.config.reply["topic"]
-                if actual.get(reply_topic) != self.router.num_partitions:
-                    log.error("reply topic %s now has %s partitions, keys are minted for %d: replies can go to "
-                              "partitions nobody reads. Re-create it with %d partitions (`gateway topics`)",
-                              reply_topic, actual.get(reply_topic), self.router.num_partitions,
-                              self.router.num_partitions)
+                n = actual.get(reply_topic)
+                if n and n != self.router.num_partitions:
+                    # someone's produce re-created it first with the broker's default count: adapt, or replies
+                    # would go to partitions that do not exist
+                    log.error("reply topic %s came back with %d partitions instead of %d: minting keys for %d "
+                              "from now on; re-create it with reply.partitions when convenient", reply_topic, n,
+                              self.router.num_partitions, n)
+                    self.reader.request_resize(n)
                 break
             except Exception as exc:  # noqa: BLE001 - the broker may still be starting
                 log.warning("re-creating topics failed (%s); retry %d", exc, attempt + 1)

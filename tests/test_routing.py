@@ -48,3 +48,12 @@ def test_router_round_robins_owned_and_keeps_last_assignment():
 def test_mint_rejects_partition_out_of_range():
     with pytest.raises(ValueError):
         mint_reply_key(8, 8)
+
+
+def test_router_resize_mints_for_the_new_count_and_drops_missing_partitions():
+    r = ReplyRouter(16)
+    r.set_owned([2, 9])
+    r.resize(4)  # the reply topic came back with the broker's default count
+    assert r.owned == (2,)
+    p, key = r.next()
+    assert p == 2 and partition_for_key(key, 4) == 2

@@ -153,6 +153,11 @@ class ReplyReader:
         self.reading: set[int] = set()
         self.positioned = Event()                # set once a partition keys are minted for is positioned
         self._recheck = False
+        self._resize_to: int | None = None
+
+    def request_resize(self, num_partitions: int) -> None:
+        """The reply topic now has *num_partitions* partitions (applied by the reader greenlet)."""
+        self._resize_to = num_partitions
 
     def request_recheck(self) -> None:
         """After a broker outage: positions past the end of a partition mean the log was recreated (a broker
@@ -198,6 +203,15 @@ class ReplyReader:
         consumer = self._consumer
         assert consumer is not None
         changed = False
+        if self._resize_to is not None:
+            n, self._resize_to, changed = self._resize_to, None, True
+            self.router.resize(n)
+            self._owned = {p for p in self._owned if p < n}
+            self.borrowed = {p for p in self.borrowed if p < n}
+            if not self._owned and not self.borrowed:
+                self.borrowed = {random.randrange(n)}
+            self.reading = {p for p in self.reading if p < n}
+            consumer.assign([TopicPartition(self.topic, p) for p in sorted(self.reading)])
         if self._target is not None:
             self._owned, self._target, changed = self._target, None, True
         if self._owned and self.borrowed:
