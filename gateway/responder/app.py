@@ -237,7 +237,8 @@ class Responder:
         consumer = KafkaConsumer(
             self.topic, bootstrap_servers=self.bootstrap_servers, group_id=self.group_id,
             client_id=f"{self.name}-service", enable_auto_commit=False, auto_offset_reset="earliest",
-            fetch_max_wait_ms=int(settings.pop("fetch_max_wait_ms", 10)), session_timeout_ms=session_ms,
+            fetch_max_wait_ms=int(settings.pop("fetch_max_wait_ms", os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", 10))),
+            session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(100, session_ms // 3), max_poll_records=500,
             allow_auto_create_topics=False, **settings)
         self._producer = producer = KafkaProducer(
