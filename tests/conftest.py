@@ -28,8 +28,8 @@ SESSION_SERVICES = {
     "jsononly": {"topic": "echo.requests.json", "methods": ["POST"], "content_types": ["application/json"],
                  "key": {"source": "json", "field": "customer_id"}},
     "blackhole": {"topic": "blackhole.requests", "methods": ["GET", "POST"], "timeout_ms": 800},
-    "spring": {"topic": "spring.requests", "methods": ["POST"], "timeout_ms": 5000},
-    "bykey": {"topic": "bykey.requests", "methods": ["POST"], "timeout_ms": 5000},
+    "spring": {"topic": "spring.requests", "methods": ["POST"], "timeout_ms": 15000},
+    "bykey": {"topic": "bykey.requests", "methods": ["POST"], "timeout_ms": 15000},
     # docs/variants.md
     "ticker": {"topic": "ticker.requests", "methods": ["GET"], "timeout_ms": 5000, "stream_idle_timeout_ms": 1000,
                "stream_timeout_ms": 60000},
