@@ -28,6 +28,7 @@ from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAs
 from .. import metrics
 from ..pending import Outcome
 from ..protocol import ProtocolError, decode_reply
+from . import stop_loop
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -125,14 +126,7 @@ class GroupMembership(ConsumerRebalanceListener):
     def stop(self, timeout_ms: int = 3000) -> None:
         """Leave the group cleanly (partitions move to the other members at once, not after a session timeout)."""
         self._stopping = True
-        if self._greenlet is not None:
-            self._greenlet.join(timeout=2)
-            self._greenlet.kill(block=False)
-        if self._consumer is not None:
-            try:
-                self._consumer.close(autocommit=False, timeout_ms=timeout_ms)
-            except Exception:  # noqa: BLE001
-                log.warning("reply-group consumer did not close cleanly", exc_info=True)
+        stop_loop(self._greenlet, self._consumer, timeout_ms, "reply-group consumer")
 
 
 class ReplyReader:
@@ -294,11 +288,4 @@ class ReplyReader:
 
     def stop(self, timeout_ms: int = 2000) -> None:
         self._stopping = True
-        if self._greenlet is not None:
-            self._greenlet.join(timeout=2)
-            self._greenlet.kill(block=False)
-        if self._consumer is not None:
-            try:
-                self._consumer.close(autocommit=False, timeout_ms=timeout_ms)
-            except Exception:  # noqa: BLE001
-                log.warning("reply reader did not close cleanly", exc_info=True)
+        stop_loop(self._greenlet, self._consumer, timeout_ms, "reply reader")

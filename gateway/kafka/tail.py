@@ -18,6 +18,8 @@ import gevent
 from gevent.event import Event
 from kafka import KafkaConsumer, TopicPartition
 
+from . import stop_loop
+
 if TYPE_CHECKING:
     from ..config import Config
 
@@ -137,11 +139,4 @@ class TopicTail:
 
     def stop(self) -> None:
         self._stopping = True
-        if self._greenlet is not None:
-            self._greenlet.join(timeout=2)
-            self._greenlet.kill(block=False)
-        if self._consumer is not None:
-            try:
-                self._consumer.close(autocommit=False, timeout_ms=2000)
-            except Exception:  # noqa: BLE001
-                log.warning("tail consumer of %s did not close cleanly", self.topic, exc_info=True)
+        stop_loop(self._greenlet, self._consumer, 2000, f"tail consumer of {self.topic}")
