@@ -182,14 +182,30 @@ class Bench:
         finally:
             server.stop()
 
+    def _alive(self, server: Process) -> None:
+        """Fail loudly when a process of this run died: on a shared machine, others' clean-ups have killed ours."""
+        for proc in (server, *self.echos):
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} (pid {proc.pid}) exited during the run with {proc.proc.returncode}; "
+                                   f"its log: {proc.log_path}")
+
+    def _wrk(self, server: Process, url: str, n: int, duration_s: float) -> CellResult:
+        try:
+            result = self.wrk.run(url, n, duration_s)
+        except RuntimeError:
+            self._alive(server)
+            raise
+        self._alive(server)
+        return result
+
     def _drive(self, name: str, server: Process, url: str, hops: HopReader | None = None) -> dict[int, CellResult]:
         groups = self._groups({}, server)
 
         def cell(meter: CpuMeter, n: int) -> CellResult:
-            self.wrk.run(url, n, self.s.warmup_s)
+            self._wrk(server, url, n, self.s.warmup_s)
             mark = hops.mark() if hops else {}
             with meter:
-                result = self.wrk.run(url, n, self.s.duration_s)
+                result = self._wrk(server, url, n, self.s.duration_s)
             if hops:
                 result.service_leg_p50_ms = hops.read(mark).service_leg_p50_ms
             cpu = dict(meter.result)
