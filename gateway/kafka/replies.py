@@ -94,6 +94,7 @@ class GroupMembership(ConsumerRebalanceListener):
         stuck_after = 2 * self.config.kafka["session_timeout_ms"] / 1000
         recreate_after = 5 * self.config.kafka["session_timeout_ms"] / 1000
         nudged = False
+        self._since_unassigned = time.monotonic()  # count from the first poll, not from construction
         while not self._stopping:
             consumer = self._consumer
             assert consumer is not None

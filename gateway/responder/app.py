@@ -307,8 +307,14 @@ class Responder:
         if dest is None:
             return
         for headers, value in replies:
-            producer.send(dest["topic"], value=value, key=dest["key"], headers=headers,
-                          partition=dest["partition"])
+            try:
+                producer.send(dest["topic"], value=value, key=dest["key"], headers=headers,
+                              partition=dest["partition"])
+            except Exception as exc:  # noqa: BLE001 - e.g. a reply partition that no longer exists: skip this
+                # reply only, not the rest of the batch
+                self.stats["invalid"] += 1
+                log.warning("%s: reply to %s/%s not sent: %s", self.name, dest["topic"], dest["partition"], exc)
+                return
 
     def publish(self, topic: str, value: Any, key: str | bytes | None = None) -> None:
         """Publish an event (not a reply) from inside a handler, e.g. ``orders.events``; dicts become JSON.
