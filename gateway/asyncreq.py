@@ -4,7 +4,10 @@ Why any worker can: the service replies straight onto the **results topic** (``a
 the request id, and every worker tails that whole topic (group-less, from ``now - retention``) into a
 :class:`ResultStore`. Before answering 202 the accepting worker produces an *accepted marker* (same key, with the
 deadline) and waits for the broker's ack, so every worker can tell "pending" from "unknown" (404) once its tail
-has read that far; a poll that arrives earlier waits ``async.unknown_id_wait_ms`` for it. Nothing is held by
+has read that far. Workers tail independently, so one may lag another: before a poll answers "pending", 404 or
+504, the worker reads its results partition up to the end offset it has at that moment (a read barrier), so
+once any worker has answered 200, every later poll on any worker answers 200 too. Should the barrier not
+complete within ``async.unknown_id_wait_ms`` the poll answers from what the worker has read. Nothing is held by
 the accepting worker: it may die right after the 202 and the result is still retrievable from any other one.
 
 The request id is the correlation id in hex (8-byte worker tag + 128 random bits): unguessable.
@@ -208,6 +211,12 @@ class AsyncRequests:
             log.warning("dropping result at %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
             return
         self.store.replied(reply, ts)
+
+    def read_barrier(self, rid: str, timeout_s: float) -> bool:
+        """Block until this worker has read everything on *rid*'s results partition (see ``TopicTail``)."""
+        if self.tail is None:
+            return False
+        return self.tail.read_barrier(partition_for_key(rid.encode(), self.num_partitions), timeout_s)
 
     # -- request path ------------------------------------------------------------------------------------------
     def accept(self, svc: ServiceConfig, *, method: str, path: str, query: str, content_type: str | None,

@@ -239,8 +239,10 @@ class AsyncSchema(_Strict):
     max_wait_ms = fields.Integer(load_default=30000, validate=validate.Range(min=0),
                                  metadata={"doc": "Cap on a poll's Prefer: wait=<seconds>."})
     unknown_id_wait_ms = fields.Integer(load_default=1000, validate=validate.Range(min=0),
-                                        metadata={"doc": "How long a poll for an id this worker has not seen yet "
-                                                         "waits for its accepted marker before answering 404."})
+                                        metadata={"doc": "Bound on a poll's read barrier: before answering 202, "
+                                                         "404 or 504 a worker reads the id's results partition up "
+                                                         "to its end, so no worker answers older news than another "
+                                                         "already did. Past the bound it answers from what it has."})
     fetch_max_wait_ms = fields.Integer(load_default=250, validate=validate.Range(min=1, max=5000),
                                        metadata={"doc": "Fetch long-poll wait of the results tail. Kafka answers "
                                                         "as soon as data arrives; brokers that do not (Tansu) add up "

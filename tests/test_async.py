@@ -66,6 +66,24 @@ def test_poll_is_answered_by_either_worker(gateway):
         assert body["path"] == "/echo/cross" and body["headers"]["x-request-id"] == "cross-1"
 
 
+def test_once_one_worker_answered_every_worker_answers(gateway):
+    """Workers tail the results topic independently; one may lag. After a 200 from either worker, plain polls
+    on fresh connections (the kernel spreads them over both workers) must all be 200, never 202 again."""
+    regressions, workers = [], set()
+    for n in range(6):
+        location, _ = accept(gateway, f"/echo/agree?n={n}")
+        r = requests.get(gateway.url + location, headers={"Prefer": "wait=10"}, timeout=15)
+        assert r.status_code == 200, r.text
+        for _ in range(6):
+            with requests.Session() as s:
+                again = s.get(gateway.url + location, timeout=10)
+            workers.add(again.headers["X-Gateway-Worker"])
+            if again.status_code != 200:
+                regressions.append((n, again.status_code, again.headers["X-Gateway-Worker"]))
+    assert regressions == []
+    assert len(workers) == 2, "the polls never reached the second worker: the test proved nothing"
+
+
 def test_unknown_malformed_and_bad_input_are_clear_4xx(gateway):
     for rid in ("nope", "f" * 48, "F" * 48):
         r = requests.get(gateway.url + f"/requests/{rid}", timeout=10)

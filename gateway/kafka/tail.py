@@ -7,6 +7,11 @@ It starts at the topic's end, at its beginning, or at the first offsets at or af
 
 ``positioned``  every partition has a resolved position (records from now on will be seen)
 ``caught_up``   the positions reached the end offsets measured when positioning (the history is read)
+
+Workers read a topic independently, so one can be behind another. :meth:`TopicTail.read_barrier` closes that
+gap for one partition: it returns once this tail has handed over every record that partition held when the
+barrier was asked for (read-your-writes across workers: once any worker has answered from a record, a later
+question to any other worker sees it too).
 """
 from __future__ import annotations
 
@@ -46,6 +51,8 @@ class TopicTail:
         self.caught_up = Event()
         self.records = 0
         self._targets: dict[TopicPartition, int] = {}
+        self._barrier_asks: list[tuple[int, Event]] = []             # partition, set when read up to its end
+        self._barriers: list[tuple[TopicPartition, int, Event]] = []  # ... with the end offset measured
         self._consumer: KafkaConsumer | None = None
         self._greenlet: gevent.Greenlet | None = None
         self._stopping = False
@@ -102,6 +109,42 @@ class TopicTail:
         if all(consumer.position(tp) >= end for tp, end in self._targets.items()):
             self.caught_up.set()
 
+    def read_barrier(self, partition: int, timeout_s: float) -> bool:
+        """Block until every record on *partition* at the time of the call has been handed to ``on_record``.
+
+        The tail's own greenlet measures the end offset (a consumer is not shared between greenlets), so this
+        costs one ListOffsets round trip plus, when behind, the fetch that catches up. False on timeout.
+        """
+        if not self.ready:
+            return False
+        done = Event()
+        self._barrier_asks.append((partition, done))
+        return done.wait(timeout_s)
+
+    def _measure_barriers(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        asks, self._barrier_asks = self._barrier_asks, []
+        tps = {TopicPartition(self.topic, p) for p, _ in asks}
+        ends = consumer.end_offsets(list(tps))
+        for p, done in asks:
+            tp = TopicPartition(self.topic, p)
+            if tp in ends:
+                self._barriers.append((tp, ends[tp], done))
+            else:
+                done.set()       # no such partition: nothing to wait for (the caller re-checks its own state)
+
+    def _check_barriers(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        waiting = []
+        for tp, end, done in self._barriers:
+            if consumer.position(tp) >= end:
+                done.set()
+            else:
+                waiting.append((tp, end, done))
+        self._barriers = waiting
+
     def _run(self) -> None:
         consumer = self._consumer
         assert consumer is not None
@@ -110,7 +153,10 @@ class TopicTail:
                 if not self.positioned.is_set() and not self._position():
                     gevent.sleep(0.2)      # the topic has no metadata yet
                     continue
-                batches = consumer.poll(timeout_ms=100)
+                if self._barrier_asks:
+                    self._measure_barriers()
+                    self._check_barriers()     # already there: answer without waiting for a fetch
+                batches = consumer.poll(timeout_ms=20 if self._barriers else 100)
                 if not self.caught_up.is_set():
                     self._check_caught_up()
             except Exception:  # noqa: BLE001 - the client reconnects by itself; never let a tail die
@@ -124,12 +170,18 @@ class TopicTail:
                         self.on_record(record)
                     except Exception:  # noqa: BLE001 - one bad record must not stop the tail
                         log.exception("record %s/%d@%d not handled", record.topic, record.partition, record.offset)
+            if self._barriers:
+                try:
+                    self._check_barriers()
+                except Exception:  # noqa: BLE001 - a partition gone with the broker: its waiters time out
+                    log.warning("read barrier check on %s failed", self.topic, exc_info=True)
 
     def reposition(self) -> None:
         """Start over from the configured start position (after the broker lost its data, a position past the
         new end would never see a record: brokers need not raise OffsetOutOfRange there)."""
         self.caught_up.clear()
         self.positioned.clear()   # the tail greenlet positions again before its next poll
+        self._barriers = []       # offsets of the lost log: their waiters time out and re-check
 
     def wait_ready(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

@@ -1,0 +1,58 @@
+"""The topic tail's read barrier, against the real broker, in a gevent-patched subprocess (as in a worker).
+
+The tail is given a 3 s fetch wait, so without the barrier it would see a fresh record up to 3 s late on a
+broker that holds fetches for their full wait (Tansu does). The barrier must hand the record over first.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+
+from gateway.testing import ROOT
+
+SCRIPT = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import json, sys, time
+    from kafka import KafkaProducer
+    from gateway.config import parse_config
+    from gateway.kafka.admin import ensure_topics
+    from gateway.kafka.tail import TopicTail
+    from gateway.testing import make_config
+
+    bootstrap, topic = sys.argv[1], sys.argv[2]
+    config = parse_config(make_config(bootstrap, {"echo": {"topic": "echo.requests"}}))
+    ensure_topics(config, {topic: 3})
+    seen = []
+    tail = TopicTail(config, topic, lambda r: seen.append((r.partition, r.value.decode())), start="end",
+                     fetch_max_wait_ms=3000)
+    tail.start()
+    assert tail.wait_ready(30), "tail not ready"
+    producer = KafkaProducer(bootstrap_servers=[bootstrap], acks="all")
+    out = []
+    for i in range(5):
+        value = f"record-{i}"
+        producer.send(topic, value=value.encode(), partition=i % 3).get(10)   # acked: in the log
+        started = time.monotonic()
+        ok = tail.read_barrier(i % 3, 10)
+        out.append({"ok": ok, "seen": [i % 3, value] in [list(s) for s in seen],
+                    "ms": round((time.monotonic() - started) * 1000)})
+    # nothing new: the barrier is met without waiting for a fetch
+    started = time.monotonic()
+    out.append({"ok": tail.read_barrier(0, 10), "seen": True, "ms": round((time.monotonic() - started) * 1000)})
+    tail.stop()
+    print(json.dumps(out))
+""")
+
+
+def test_read_barrier_hands_over_every_record_already_in_the_partition(broker):
+    topic = f"tail-barrier-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run([sys.executable, "-c", SCRIPT, broker.bootstrap, topic], cwd=ROOT, capture_output=True,
+                          text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(results) == 6
+    for r in results:
+        assert r["ok"] and r["seen"], results
