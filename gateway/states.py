@@ -135,7 +135,12 @@ class StateWatcher:
                 topic = svc.answer_on["topic"]
                 self.tables.setdefault(topic, EntityTable(gw.config.state["max_entities"]))
                 self._id_fields[topic] = svc.answer_on["event_id_field"]
-        self.tails: list[Any] = []
+        self.tails: dict[str, Any] = {}
+
+    def read_barrier(self, topic: str, timeout_s: float) -> bool:
+        """Block until this worker has read *topic* up to its current end (see ``TopicTail.read_barrier``)."""
+        tail = self.tails.get(topic)
+        return tail is not None and tail.read_barrier(None, timeout_s)
 
     def start(self) -> None:
         from .kafka.tail import TopicTail
@@ -151,12 +156,12 @@ class StateWatcher:
             tail = TopicTail(self.gw.config, topic, on_record, start="end",
                              fetch_max_wait_ms=self.gw.config.state["fetch_max_wait_ms"])
             tail.start()
-            self.tails.append(tail)
+            self.tails[topic] = tail
 
     @property
     def ready(self) -> bool:
-        return all(t.ready for t in self.tails)
+        return all(t.ready for t in self.tails.values())
 
     def stop(self) -> None:
-        for t in self.tails:
+        for t in self.tails.values():
             t.stop()

@@ -58,7 +58,7 @@ class Variants:
     def wait_ready(self) -> bool:
         """Block (gevent-friendly) until every tail is positioned and caught up, or ``reply.startup_wait_ms`` after
         :meth:`start` passed (the same budget as the reply side's, running at the same time)."""
-        for tail in [self.async_requests.tail, *self.states.tails]:
+        for tail in [self.async_requests.tail, *self.states.tails.values()]:
             tail.wait_ready(max(0.0, self._deadline - time.monotonic()))
         if not self.ready:
             log.error("async results / events tails not positioned within reply.startup_wait_ms (%d ms)",
@@ -84,7 +84,7 @@ class Variants:
             ensure_topics(self.gw.config, variant_topics(self.gw.config))
         except Exception as exc:  # noqa: BLE001 - the next recovery attempt tries again
             log.error("could not re-create the results/events topics: %s", exc)
-        for tail in [self.async_requests.tail, *self.states.tails]:
+        for tail in [self.async_requests.tail, *self.states.tails.values()]:
             if tail is not None:
                 tail.reposition()
 

@@ -127,6 +127,38 @@ def test_conditional_get_waits_for_the_next_change(state_gateway, broker):
     assert r.status_code == 400
 
 
+def test_conditional_get_sees_every_event_already_in_the_topic(state_gateway, broker):
+    """Each worker tails orders.events on its own; a lagging one must neither answer 304 for a version already in
+    the topic nor serve an older version than the client holds. Fresh connections spread the GETs over both
+    workers; wait=0 answers from what the worker knows at once."""
+    created = requests.post(state_gateway.url + "/orders", json=order("c-agree"), timeout=10).json()
+    url = state_gateway.url + f"/orders/{created['id']}"
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, enable_idempotence=False)
+    wrong, workers = [], set()
+
+    def get(etag: str) -> requests.Response:
+        with requests.Session() as s:
+            r = s.get(url, headers={"If-None-Match": etag, "Prefer": "wait=0"}, timeout=10)
+        workers.add(r.headers["X-Gateway-Worker"])
+        return r
+
+    try:
+        for version in range(3, 9):
+            doc = {**created, "state": "SHIPPED", "version": version}
+            producer.send("orders.events", key=created["id"].encode(), value=json.dumps(doc).encode()).get(10)
+            for _ in range(3):
+                r = get(f'"{version - 1}"')          # the new version is in the topic: 200 with it
+                if r.status_code != 200 or r.headers["ETag"] != f'"{version}"':
+                    wrong.append(("after", version, r.status_code, r.headers.get("ETag")))
+                r = get(f'"{version}"')              # the client has the newest: 304, never an older 200
+                if r.status_code != 304:
+                    wrong.append(("holding", version, r.status_code, r.headers.get("ETag")))
+    finally:
+        producer.close()
+    assert wrong == []
+    assert len(workers) == 2, "the GETs never reached the second worker: the test proved nothing"
+
+
 def test_no_state_in_time_is_a_504(state_gateway, validator):
     """Last: with the validator stopped, the order stays CREATED."""
     validator.stop()

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ..runtime import Gateway
     from ..states import EntityEvent
 
+READ_BARRIER_S = 1.0     # longest a conditional GET waits to catch up with the events topic (see watch)
 
 def _segment(path: str, index: int) -> str | None:
     segments = [s for s in path.split("/") if s]
@@ -100,8 +101,13 @@ def watch(gw: Gateway, svc: ServiceConfig, prefs: dict[str, str | None]) -> Resp
     else:
         def changed(e: EntityEvent) -> bool:
             return e.etag(vf) not in etags
-    table = current_variants().states.tables[on["topic"]]
-    event = table.wait(entity_id, changed, wait_s)
+    states = current_variants().states
+    started = time.monotonic()
+    # workers read the events topic independently: catch up first, so that a client holding the ETag another
+    # worker just served is never answered with an older event (within the wait, not on top of it)
+    states.read_barrier(on["topic"], READ_BARRIER_S)
+    wait_s = max(0.0, wait_s - (time.monotonic() - started))
+    event = states.tables[on["topic"]].wait(entity_id, changed, wait_s)
     if event is None:
         return Response(status=304, headers={"ETag": raw.split(",")[0].strip(), "Preference-Applied": "wait"})
     return _event_response(event, 200, event.etag(vf))

@@ -51,8 +51,8 @@ class TopicTail:
         self.caught_up = Event()
         self.records = 0
         self._targets: dict[TopicPartition, int] = {}
-        self._barrier_asks: list[tuple[int, Event]] = []             # partition, set when read up to its end
-        self._barriers: list[tuple[TopicPartition, int, Event]] = []  # ... with the end offset measured
+        self._barrier_asks: list[tuple[int | None, Event]] = []   # partition (None: all), set when read to its end
+        self._barriers: list[tuple[dict[TopicPartition, int], Event]] = []   # ... with the end offsets measured
         self._consumer: KafkaConsumer | None = None
         self._greenlet: gevent.Greenlet | None = None
         self._stopping = False
@@ -109,10 +109,11 @@ class TopicTail:
         if all(consumer.position(tp) >= end for tp, end in self._targets.items()):
             self.caught_up.set()
 
-    def read_barrier(self, partition: int, timeout_s: float) -> bool:
-        """Block until every record on *partition* at the time of the call has been handed to ``on_record``.
+    def read_barrier(self, partition: int | None, timeout_s: float) -> bool:
+        """Block until every record on *partition* (``None``: on every partition) at the time of the call has
+        been handed to ``on_record``.
 
-        The tail's own greenlet measures the end offset (a consumer is not shared between greenlets), so this
+        The tail's own greenlet measures the end offsets (a consumer is not shared between greenlets), so this
         costs one ListOffsets round trip plus, when behind, the fetch that catches up. False on timeout.
         """
         if not self.ready:
@@ -125,24 +126,21 @@ class TopicTail:
         consumer = self._consumer
         assert consumer is not None
         asks, self._barrier_asks = self._barrier_asks, []
-        tps = {TopicPartition(self.topic, p) for p, _ in asks}
-        ends = consumer.end_offsets(list(tps))
-        for p, done in asks:
-            tp = TopicPartition(self.topic, p)
-            if tp in ends:
-                self._barriers.append((tp, ends[tp], done))
-            else:
-                done.set()       # no such partition: nothing to wait for (the caller re-checks its own state)
+        assigned = consumer.assignment()
+        ends = consumer.end_offsets(list(assigned))
+        for partition, done in asks:
+            wanted = {tp: end for tp, end in ends.items() if partition is None or tp.partition == partition}
+            self._barriers.append((wanted, done))    # no such partition: met at once (the caller re-checks)
 
     def _check_barriers(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         waiting = []
-        for tp, end, done in self._barriers:
-            if consumer.position(tp) >= end:
+        for ends, done in self._barriers:
+            if all(consumer.position(tp) >= end for tp, end in ends.items()):
                 done.set()
             else:
-                waiting.append((tp, end, done))
+                waiting.append((ends, done))
         self._barriers = waiting
 
     def _run(self) -> None:
