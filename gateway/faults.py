@@ -649,6 +649,11 @@ def scenario_broker_restart(lab: Lab, clients: int = 50, outage_s: float = 3.0, 
             served = wait_until(lambda: _all_clients_ok_since(lg, t_start), recover_within_s, 0.05,
                                 "every client served again")
             sc.facts["all_clients_served_s"] = round(served - t_start, 2)
+            # a client may have been served by a worker that recovered first: the gateway has recovered when
+            # every worker is ready again
+            wait_until(lambda: metric_value(gw.metrics(), "gateway_workers_ready") == 2, recover_within_s, 0.05,
+                       "every worker ready again")
+            sc.facts["all_workers_ready_s"] = round(time.monotonic() - t_start, 2)
         finally:
             # the broker came back empty: who re-created the topics, with how many partitions?
             sc.facts["topics_after_restart"] = f"{topic_partitions(lab.bootstrap, list(wanted))} (configured " \

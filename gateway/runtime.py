@@ -185,6 +185,11 @@ class Gateway:
         except Exception:  # noqa: BLE001
             log.debug("metadata refresh request failed", exc_info=True)
         self.reader.request_recheck()
+        # stay not-ready (fast 503s) until the reader knows where to read: a request accepted earlier would have
+        # its reply written below the reader's stale position and wait, unread, until the recheck
+        wait_s = self.config.kafka["request_timeout_ms"] / 1000
+        if not self.reader.rechecked.wait(wait_s):
+            log.warning("reply reader did not re-check its positions within %.0fs; serving anyway", wait_s)
         for hook in self.recovery_hooks:
             try:
                 hook()

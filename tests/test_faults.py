@@ -100,6 +100,7 @@ def test_broker_outage_fails_fast_and_recovers_without_restarts() -> None:
     assert percentile([r.latency for r in outage], 90) < 2.0, report  # most well under a second when not loaded
     assert run.facts["first_200_after_restart_s"] <= 30, report
     assert run.facts["all_clients_served_s"] <= 30, report
+    assert run.facts["all_workers_ready_s"] <= 30, report
     recovered = run.phase("recovered")
     assert recovered and all(r.outcome == OK for r in recovered), report
     assert run.facts["worker_pids_unchanged"] and run.facts["gunicorn_master_alive"], report

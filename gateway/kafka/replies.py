@@ -148,6 +148,8 @@ class ReplyReader:
         self.reading: set[int] = set()
         self.positioned = Event()                # set once a partition keys are minted for is positioned
         self._recheck = False
+        self.rechecked = Event()                 # set when the last requested recheck is done
+        self.rechecked.set()
         self._resize_to: int | None = None
 
     def request_resize(self, num_partitions: int) -> None:
@@ -156,20 +158,25 @@ class ReplyReader:
 
     def request_recheck(self) -> None:
         """After a broker outage: positions past the end of a partition mean the log was recreated (a broker
-        that lost its data). Kafka would raise OffsetOutOfRange; not every broker does, so check by hand."""
+        that lost its data). Kafka would raise OffsetOutOfRange; not every broker does, so check by hand.
+        ``rechecked`` is set once it is done."""
+        self.rechecked.clear()
         self._recheck = True
 
     def _recheck_positions(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         tps = [TopicPartition(self.topic, p) for p in sorted(self.reading)]
-        ends = consumer.end_offsets(tps) if tps else {}
+        # short attempts, retried by the loop: right after a broker restart one attempt can hang on a connection
+        # still backing off while a fresh one would answer at once
+        ends = consumer.end_offsets(tps, timeout_ms=1000) if tps else {}
         self._recheck = False
         for tp in tps:
             if consumer.position(tp) > ends.get(tp, 0):
                 log.warning("reply partition %d was recreated (position past its end %d): reading it from the "
                             "start", tp.partition, ends.get(tp, 0))
                 consumer.seek(tp, 0)
+        self.rechecked.set()
 
     def start(self, borrow_ms: int = 0) -> None:
         """With *borrow_ms*, read one random partition right away and mint keys for it until the group assigns
@@ -269,7 +276,7 @@ class ReplyReader:
             except Exception as exc:  # noqa: BLE001 - the client reconnects by itself; never let the reader die
                 log.warning("reply reader: %s: %s; retrying", type(exc).__name__, exc)
                 log.debug("reply reader error", exc_info=True)
-                gevent.sleep(0.5)
+                gevent.sleep(0.1 if self._recheck else 0.5)
                 continue
             for records in batches.values():
                 for record in records:

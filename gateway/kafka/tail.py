@@ -127,7 +127,7 @@ class TopicTail:
         assert consumer is not None
         asks, self._barrier_asks = self._barrier_asks, []
         assigned = consumer.assignment()
-        ends = consumer.end_offsets(list(assigned))
+        ends = consumer.end_offsets(list(assigned), timeout_ms=1000)   # waiters time out and re-check
         for partition, done in asks:
             wanted = {tp: end for tp, end in ends.items() if partition is None or tp.partition == partition}
             self._barriers.append((wanted, done))    # no such partition: met at once (the caller re-checks)
