@@ -125,9 +125,11 @@ class TopicTail:
     def _measure_barriers(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        asks, self._barrier_asks = self._barrier_asks, []
-        assigned = consumer.assignment()
-        ends = consumer.end_offsets(list(assigned), timeout_ms=1000)   # waiters time out and re-check
+        asks = list(self._barrier_asks)
+        # the broker answers a connection's requests in order: this ListOffsets may queue behind a fetch that is
+        # long-polling for up to fetch_max_wait_ms. On failure the asks stay queued and are measured again.
+        ends = consumer.end_offsets(list(consumer.assignment()), timeout_ms=self.fetch_max_wait_ms + 2000)
+        del self._barrier_asks[:len(asks)]      # asks made meanwhile stay for the next round
         for partition, done in asks:
             wanted = {tp: end for tp, end in ends.items() if partition is None or tp.partition == partition}
             self._barriers.append((wanted, done))    # no such partition: met at once (the caller re-checks)
