@@ -93,7 +93,7 @@ def test_broker_unreachable_is_fast_503_and_not_ready(tmp_path, log_dir):
         assert requests.get(gw.url + "/readyz", timeout=5).json()["broker_up"] is False
         started = time.monotonic()
         r = requests.post(gw.url + "/echo/x", json={"a": 1}, timeout=10)
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 1.5  # at once: not a blocked send (max_block_ms 2 s), nor the 5 s deadline
         _problem(r, 503, "broker_unavailable")
         assert r.headers["Retry-After"] == "1"
     finally:
