@@ -44,24 +44,26 @@ def _result(gw: Gateway, entry: AsyncResult) -> Response:
     return response
 
 
-def _settle(gw: Gateway, entry: AsyncResult, wait_s: float | None, barrier_s: float = 0.0) -> Response:
+def _settle(gw: Gateway, entry: AsyncResult, wait_s: float | None, barrier_s: float = 0.0,
+            caught_up: bool = False) -> Response:
     """The result if there is one (waiting up to *wait_s* for it), else 202 again.
 
     With *barrier_s*, a poll first reads the results partition up to its current end (within the wait, not on
-    top of it): another worker may already have answered 200 from a record this worker has not read yet.
+    top of it; skipped when the caller just did, *caught_up*): another worker may already have answered 200 from
+    a record this worker has not read yet. A 504 is final, so it is only given right after such a read.
     """
-    if not entry.done.is_set() and barrier_s:
+    if not entry.done.is_set() and barrier_s and not caught_up:
         started = time.monotonic()
-        current_variants().async_requests.read_barrier(entry.request_id, barrier_s)
+        caught_up = current_variants().async_requests.read_barrier(entry.request_id, barrier_s)
         if wait_s:
             wait_s = max(0.0, wait_s - (time.monotonic() - started))
-    if not entry.done.is_set() and wait_s and entry.deadline_ms is not None:
-        until_deadline = (entry.deadline_ms - now_ms()) / 1000
-        entry.done.wait(max(0.0, min(wait_s, until_deadline + 0.05)))
-    elif not entry.done.is_set() and wait_s:
-        entry.done.wait(wait_s)
-    if not entry.done.is_set() and entry.expired(now_ms()) and barrier_s:
-        current_variants().async_requests.read_barrier(entry.request_id, barrier_s)   # a 504 is final: be sure
+    if not entry.done.is_set() and wait_s:
+        if entry.deadline_ms is not None:
+            wait_s = min(wait_s, (entry.deadline_ms - now_ms()) / 1000 + 0.05)
+        entry.done.wait(max(0.0, wait_s))
+        caught_up = False            # time has passed since the read
+    if not entry.done.is_set() and entry.expired(now_ms()) and barrier_s and not caught_up:
+        current_variants().async_requests.read_barrier(entry.request_id, barrier_s)
     if entry.done.is_set() or entry.expired(now_ms()):
         return _result(gw, entry)
     return _pending(entry)
@@ -93,12 +95,13 @@ def poll(rid: str) -> Response:
     requests_ = current_variants().async_requests
     bound_s = cfg["unknown_id_wait_ms"] / 1000
     entry = requests_.store.get(rid)
+    caught_up = False
     if entry is None and requests_.read_barrier(rid, bound_s):
-        entry = requests_.store.get(rid)        # read up to the end: the accepted marker is there, or never was
+        entry, caught_up = requests_.store.get(rid), True   # read to the end: the marker is there, or never was
     elif entry is None:
         entry = requests_.store.wait_known(rid, max(0.0, bound_s - (time.monotonic() - started)))
     if entry is None:
         raise unknown
     if wait_s:
         wait_s = max(0.0, wait_s - (time.monotonic() - started))
-    return _settle(gw, entry, wait_s, barrier_s=bound_s)
+    return _settle(gw, entry, wait_s, barrier_s=bound_s, caught_up=caught_up)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 READ_BARRIER_S = 1.0     # longest a conditional GET waits to catch up with the events topic (see watch)
 
+
 def _segment(path: str, index: int) -> str | None:
     segments = [s for s in path.split("/") if s]
     return segments[index] if index < len(segments) else None
