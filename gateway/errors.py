@@ -110,6 +110,8 @@ def problem_response(error: GatewayError, correlation_id: str | None = None) -> 
     headers = {"Content-Type": "application/problem+json"}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
+    if "allow" in error.extra:                      # 405 says which methods would do
+        headers["Allow"] = ", ".join(error.extra["allow"])
     if correlation_id:
         headers["X-Correlation-Id"] = correlation_id
     return json.dumps(error.to_problem(correlation_id)).encode(), error.status, headers

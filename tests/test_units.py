@@ -157,3 +157,28 @@ def test_responder_streams_with_sequence_and_end_marker():
     assert [r.seq for r in records] == [0, 1, 2, 3]
     assert [r.stream for r in records] == ["more", "more", "more", "end"]
     assert [json.loads(r.body) for r in records[:3]] == [{"i": 0}, {"i": 1}, {"i": 2}]
+
+
+def test_record_key_from_path_header_or_json_field():
+    from types import SimpleNamespace
+
+    from gateway.http.common import forwarded_headers, path_segment, record_key
+
+    headers = {"x-tenant": "t-1", "traceparent": "00-abc-def-01", "authorization": "secret"}
+
+    def lookup(name: str) -> str | None:
+        return headers.get(name.lower())
+
+    def svc(key):  # noqa: ANN001, ANN202
+        return SimpleNamespace(key=key)
+
+    assert path_segment("/orders/o-1/", 1) == "o-1" and path_segment("/orders", 1) is None
+    assert record_key(svc(None), "/orders/o-1", lookup, {}) is None
+    assert record_key(svc({"source": "path", "segment": 1}), "/orders/o-1", lookup, None) == b"o-1"
+    assert record_key(svc({"source": "path", "segment": 2}), "/orders/o-1", lookup, None) is None
+    assert record_key(svc({"source": "header", "header": "X-Tenant"}), "/o", lookup, None) == b"t-1"
+    assert record_key(svc({"source": "json", "field": "customer_id"}), "/o", lookup, {"customer_id": "c-9"}) == b"c-9"
+    assert record_key(svc({"source": "json", "field": "n"}), "/o", lookup, {"n": 7}) == b"7"
+    assert record_key(svc({"source": "json", "field": "n"}), "/o", lookup, [1]) is None
+    gw = SimpleNamespace(config=SimpleNamespace(http={"forward_request_headers": ["x-tenant", "x-request-id"]}))
+    assert forwarded_headers(gw, lookup) == [("x-tenant", "t-1"), ("traceparent", "00-abc-def-01")]  # no secrets

@@ -1,7 +1,9 @@
-"""Helpers shared by the HTTP blueprints: turning a reply into a response, reading ``Prefer``."""
+"""Helpers shared by the HTTP blueprints and the websocket: a reply as a response, ``Prefer``, what a request
+record carries (forwarded headers, record key)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any, Callable
 
 from flask import Response
 
@@ -11,6 +13,43 @@ if TYPE_CHECKING:
     from ..config import ServiceConfig
     from ..protocol import Reply
     from ..runtime import Gateway
+
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def path_segment(path: str, index: int) -> str | None:
+    """The *index*-th non-empty segment of *path* (``/orders/o-1`` -> 0: ``orders``, 1: ``o-1``)."""
+    segments = [s for s in path.split("/") if s]
+    return segments[index] if index < len(segments) else None
+
+
+def forwarded_headers(gw: Gateway, header: Callable[[str], str | None]) -> list[tuple[str, str]]:
+    """The allow-listed request headers (``http.forward_request_headers``) plus trace context, looked up with
+    *header* (case-insensitive)."""
+    out = []
+    for name in (*gw.config.http["forward_request_headers"], *TRACE_HEADERS):
+        value = header(name)
+        if value is not None:
+            out.append((name, value))
+    return out
+
+
+def record_key(svc: ServiceConfig, path: str, header: Callable[[str], str | None], parsed: Any) -> bytes | None:
+    """The request record's key as the service's ``key`` setting says: a path segment, a header or a JSON field."""
+    spec = svc.key
+    if spec is None:
+        return None
+    if spec["source"] == "path":
+        segment = path_segment(path, spec["segment"])
+        return segment.encode() if segment is not None else None
+    if spec["source"] == "header":
+        value = header(spec["header"])
+        return value.encode("latin-1", "replace") if value is not None else None
+    if isinstance(parsed, dict) and parsed.get(spec["field"]) is not None:
+        value = parsed[spec["field"]]
+        return (value if isinstance(value, str) else json.dumps(value)).encode()
+    return None
 
 
 def reply_response(gw: Gateway, svc: ServiceConfig | None, reply: Reply) -> Response:

@@ -10,47 +10,18 @@ from werkzeug.exceptions import HTTPException
 
 from .. import current_gateway, metrics
 from ..errors import GatewayError, MalformedJSON, MethodNotAllowed, NotAcceptable, UnknownService, UnsupportedMediaType
-from .common import reply_response
+from .common import forwarded_headers, record_key, reply_response
 from .variants import dispatch_variant
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
-    from ..runtime import Gateway
 
 bp = Blueprint("proxy", __name__)
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-_TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 def _is_json(mimetype: str) -> bool:
     return mimetype == "application/json" or mimetype.endswith("+json")
-
-
-def _forwarded_headers(gw: Gateway) -> list[tuple[str, str]]:
-    allow = gw.config.http["forward_request_headers"]
-    out = []
-    for name in (*allow, *_TRACE_HEADERS):
-        value = request.headers.get(name)
-        if value is not None:
-            out.append((name, value))
-    return out
-
-
-def _record_key(svc: ServiceConfig, parsed: Any) -> bytes | None:
-    spec = svc.key
-    if spec is None:
-        return None
-    if spec["source"] == "path":
-        segments = [s for s in request.path.split("/") if s]
-        idx = spec["segment"]
-        return segments[idx].encode() if idx < len(segments) else None
-    if spec["source"] == "header":
-        value = request.headers.get(spec["header"])
-        return value.encode("latin-1") if value is not None else None
-    if isinstance(parsed, dict) and parsed.get(spec["field"]) is not None:
-        value = parsed[spec["field"]]
-        return (value if isinstance(value, str) else json.dumps(value)).encode()
-    return None
 
 
 def _validate_body(svc: ServiceConfig) -> tuple[bytes, str | None, Any]:
@@ -88,8 +59,8 @@ def proxy(service: str, rest: str) -> Response:
             raise MethodNotAllowed(f"{service} accepts {', '.join(svc.methods)}", allow=list(svc.methods))
         body, content_type, parsed = _validate_body(svc)
         req = dict(method=request.method, path=request.path, query=request.query_string.decode("latin-1"),
-                   content_type=content_type, http_headers=_forwarded_headers(gw), body=body,
-                   key=_record_key(svc, parsed))
+                   content_type=content_type, http_headers=forwarded_headers(gw, request.headers.get), body=body,
+                   key=record_key(svc, request.path, request.headers.get, parsed))
         special = dispatch_variant(gw, svc, req, parsed)  # async, streaming, answer-on-state (docs/variants.md)
         if special is not None:
             status = special.status_code
@@ -103,11 +74,6 @@ def proxy(service: str, rest: str) -> Response:
         return reply_response(gw, svc, reply)
     except GatewayError as exc:
         status = exc.status
-        if isinstance(exc, MethodNotAllowed):
-            from ..errors import problem_response
-            body_, code, headers = problem_response(exc)
-            headers["Allow"] = ", ".join(exc.extra["allow"])
-            return Response(body_, code, headers)
         raise
     except HTTPException as exc:  # 413 from werkzeug's MAX_CONTENT_LENGTH check
         status = exc.code or 500

@@ -9,7 +9,7 @@ from flask import Response, request
 
 from ..errors import BadGateway, BadRequest, NotAcceptable, StateTimeout
 from ..variants import current_variants
-from .common import reply_response, wait_seconds
+from .common import path_segment, reply_response, wait_seconds
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
@@ -17,11 +17,6 @@ if TYPE_CHECKING:
     from ..states import EntityEvent
 
 READ_BARRIER_S = 1.0     # longest a conditional GET waits to catch up with the events topic (see watch)
-
-
-def _segment(path: str, index: int) -> str | None:
-    segments = [s for s in path.split("/") if s]
-    return segments[index] if index < len(segments) else None
 
 
 def _field(doc: Any, name: str) -> str | None:
@@ -41,7 +36,7 @@ def answer_on_state(gw: Gateway, svc: ServiceConfig, req: dict[str, Any], parsed
     table = current_variants().states.tables[on["topic"]]
     entity_id = None
     if on["id_source"] == "path":
-        entity_id = _segment(request.path, on["id_segment"])
+        entity_id = path_segment(request.path, on["id_segment"])
         if entity_id is None:
             raise BadRequest(f"{svc.name} answers {request.method} when the entity reaches a state; put the entity "
                              f"id in path segment {on['id_segment']}")
@@ -89,7 +84,7 @@ def watch(gw: Gateway, svc: ServiceConfig, prefs: dict[str, str | None]) -> Resp
     304 when nothing changed in time. Without an entity id in the path: plain request-reply (None)."""
     on = svc.answer_on
     assert on is not None
-    entity_id = _segment(request.path, on["id_segment"])
+    entity_id = path_segment(request.path, on["id_segment"])
     if entity_id is None:
         return None
     wait_s = wait_seconds(prefs, gw.config.state["max_wait_ms"]) or 0.0

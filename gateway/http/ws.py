@@ -38,6 +38,7 @@ from ..errors import (
 from ..pending import Callback
 from ..streams import Reorderer, StreamBroken, StreamIdle, problem_of
 from ..variants import current_variants
+from .common import forwarded_headers, record_key
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
@@ -120,10 +121,7 @@ class Session:
         self.out.put(json.dumps(frame))
 
     def send_error(self, frame_id: Any, error: GatewayError, correlation_id: str | None = None) -> None:
-        problem = error.to_problem(correlation_id)
-        if isinstance(error, MethodNotAllowed) and "allow" in error.extra:
-            problem["allow"] = error.extra["allow"]
-        self.send({"id": frame_id, "error": problem})
+        self.send({"id": frame_id, "error": error.to_problem(correlation_id)})   # a 405's problem has "allow"
 
     def _writer(self) -> None:
         while True:
@@ -191,8 +189,10 @@ class Session:
         if len(self.inflight) >= self.limits["max_in_flight"]:
             raise SocketBusy(f"this socket already has {self.limits['max_in_flight']} requests in flight "
                              "(websocket.max_in_flight); wait for some replies")
-        allow = gw.config.http["forward_request_headers"]
-        forwarded = [(k, v) for k, v in headers.items() if k in allow or k in ("traceparent", "tracestate")]
+        def lookup(name: str) -> str | None:
+            return headers.get(name.lower())
+
+        forwarded = forwarded_headers(gw, lookup)
         now = time.monotonic()
         entry = _InFlight(frame_id, b"", svc, now + svc.timeout_ms / 1000, now + svc.stream_timeout_ms / 1000)
 
@@ -205,7 +205,7 @@ class Session:
         metrics.IN_FLIGHT.labels(svc.name).inc()
         try:
             gw.send_request(svc, make, method=method, path=path, query=query, content_type=content_type,
-                            http_headers=forwarded, body=body, key=_key(svc, path, headers, frame.get("body")),
+                            http_headers=forwarded, body=body, key=record_key(svc, path, lookup, frame.get("body")),
                             timeout_ms=svc.stream_timeout_ms)
         except BaseException:
             self._finish(entry)
@@ -310,22 +310,6 @@ class Session:
             self.out.put(None)
             writer.join(timeout=5)
             writer.kill(block=False)
-
-
-def _key(svc: ServiceConfig, path: str, headers: dict[str, str], body: Any) -> bytes | None:
-    spec = svc.key
-    if spec is None:
-        return None
-    if spec["source"] == "path":
-        segments = [s for s in path.split("/") if s]
-        return segments[spec["segment"]].encode() if spec["segment"] < len(segments) else None
-    if spec["source"] == "header":
-        value = headers.get(spec["header"].lower())
-        return value.encode("latin-1", "replace") if value is not None else None
-    if isinstance(body, dict) and body.get(spec["field"]) is not None:
-        value = body[spec["field"]]
-        return (value if isinstance(value, str) else json.dumps(value)).encode()
-    return None
 
 
 @bp.route("/ws", methods=ALL_METHODS, provide_automatic_options=False)
