@@ -39,6 +39,9 @@ READING_PARTITIONS = Gauge("gateway_reply_partitions_read", "Reply partitions re
                            multiprocess_mode="livesum")
 WORKERS_READY = Gauge("gateway_workers_ready", "Live workers that are ready to serve", multiprocess_mode="livesum")
 REBALANCES = Counter("gateway_rebalances_total", "Reply-group assignments received")
+GREENLET_CRASHES = Counter("gateway_greenlet_crashes_total",
+                           "Exceptions that ended a supervised loop (restarted unless noted in the log), by loop",
+                           ["name"])
 
 
 def render() -> tuple[bytes, str]:

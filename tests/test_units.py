@@ -182,3 +182,46 @@ def test_record_key_from_path_header_or_json_field():
     assert record_key(svc({"source": "json", "field": "n"}), "/o", lookup, [1]) is None
     gw = SimpleNamespace(config=SimpleNamespace(http={"forward_request_headers": ["x-tenant", "x-request-id"]}))
     assert forwarded_headers(gw, lookup) == [("x-tenant", "t-1"), ("traceparent", "00-abc-def-01")]  # no secrets
+
+
+# -- supervised loops ------------------------------------------------------------------------------------------
+def test_supervised_loop_is_restarted_counted_and_reported_down_meanwhile() -> None:
+    import gevent
+
+    from gateway import supervise
+
+    runs: list[int] = []
+    release = gevent.event.Event()
+
+    def loop() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RecursionError("a reply too deep to decode")
+        release.wait()
+
+    s = supervise.Supervised("unit-loop", loop, backoff_s=0.2).start()
+    gevent.sleep(0.05)
+    assert not s.healthy and s.crashes == 1 and "RecursionError" in (s.last_error or "")
+    assert supervise.health()["unit-loop"].startswith("down")
+    assert not supervise.all_healthy()
+    gevent.sleep(0.3)
+    assert len(runs) == 2 and s.healthy and supervise.health()["unit-loop"] == "ok"
+    release.set()
+    s.stop()
+    assert "unit-loop" not in supervise.health()
+
+
+def test_supervised_loop_without_restart_calls_on_crash_once() -> None:
+    import gevent
+
+    from gateway import supervise
+
+    crashed: list[BaseException] = []
+
+    def loop() -> None:
+        raise gevent.Timeout(0.001)   # BaseException: still caught, counted, reported
+
+    s = supervise.Supervised("unit-once", loop, restart=False, on_crash=crashed.append, worker_wide=False).start()
+    gevent.sleep(0.05)
+    assert len(crashed) == 1 and s.crashes == 1 and not s.healthy
+    assert "unit-once" not in supervise.health()
