@@ -135,9 +135,11 @@ class LimitsSchema(_Strict):
                                                        "gateway_slow_consumers_dropped_total counts it)."})
     write_buffer_records = fields.Integer(load_default=10000, validate=validate.Range(min=1),
                                           metadata={"doc": "Reply records (stream items, websocket frames) a "
-                                                           "streaming response or a websocket may have waiting to "
-                                                           "be written; one more and the client is dropped as a slow "
-                                                           "consumer (a last error event / close code 1008)."})
+                                                           "streaming response or a websocket may have waiting "
+                                                           "while a write to the client is blocked; one more and the "
+                                                           "client is dropped as a slow consumer (a last error event "
+                                                           "/ close code 1008). A burst (one fetch of a reply "
+                                                           "partition) may pass it while the client reads."})
     write_buffer_bytes = fields.Integer(load_default=8 * 1024 * 1024, validate=validate.Range(min=1024),
                                         metadata={"doc": "The same bound in bytes (one record is always accepted, "
                                                          "however large)."})

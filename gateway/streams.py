@@ -11,7 +11,7 @@ greenlet, the HTTP or websocket greenlet takes records from its queue with a tim
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from gevent.queue import Empty, Queue
 
@@ -48,19 +48,27 @@ class Totals:
 
 class OutputBuffer:
     """What waits to be written to one client (a streaming response, a websocket): a gevent queue bounded by
-    records and bytes. :meth:`put` refuses what would pass a bound, so the caller can drop the slow client; one
-    record is always accepted, however large. :meth:`put_final` always succeeds (the last word: an error, an end
-    marker)."""
+    records and bytes while the client does not read.
 
-    def __init__(self, max_records: int, max_bytes: int) -> None:
+    :meth:`put` refuses what would pass a bound while *writer_blocked* says a write to the client is stuck (its
+    receive window is full), so the caller can drop the slow client. While the writer is not blocked the bound
+    may be passed: the reply reader hands over a whole fetch at once (without yielding), and a client that reads
+    fine must not be dropped for a burst its writer is about to drain. So what one client holds is at most the
+    bound plus one fetch of its reply partition. One record is always accepted, however large; :meth:`put_final`
+    always succeeds (the last word: an error, an end marker)."""
+
+    def __init__(self, max_records: int, max_bytes: int,
+                 writer_blocked: Callable[[], bool] = lambda: True) -> None:
         self.max_records = max_records
         self.max_bytes = max_bytes
+        self.writer_blocked = writer_blocked
         self.records = 0
         self.bytes = 0
         self._queue: Queue = Queue()
 
     def put(self, item: Any, size: int) -> bool:
-        if self.records and (self.records + 1 > self.max_records or self.bytes + size > self.max_bytes):
+        if (self.records and (self.records + 1 > self.max_records or self.bytes + size > self.max_bytes)
+                and self.writer_blocked()):
             return False
         self._add(item, size)
         return True

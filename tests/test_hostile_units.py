@@ -73,6 +73,12 @@ def test_output_buffer_bounds_records_and_bytes_and_keeps_totals():
     assert (Totals.records - before[0], Totals.bytes - before[1]) == (4, 100)
     buf.clear()
     assert (Totals.records, Totals.bytes) == before and buf.empty()
+    blocked = False
+    burst = OutputBuffer(max_records=2, max_bytes=100, writer_blocked=lambda: blocked)
+    assert all(burst.put(i, 60) for i in range(5))   # a burst while the client reads: its writer drains it
+    blocked = True
+    assert not burst.put(5, 1)                       # over the bound while a write is stuck: refused
+    burst.clear()
 
 
 def test_a_stream_that_outgrows_its_buffer_ends_with_slow_consumer_and_releases_its_waiter():

@@ -76,6 +76,12 @@ class WriteDeadline:
         self.expired = False
         self._timer: Any = None
 
+    @property
+    def armed(self) -> bool:
+        """A write is under way; seen from another greenlet, it is blocked (a write that does not block does not
+        yield)."""
+        return self._timer is not None
+
     def arm(self) -> None:
         if self._timer is None and self.sock is not None and not self.expired:
             self._timer = gevent.get_hub().loop.timer(self.timeout_ms / 1000)

@@ -19,19 +19,21 @@ if TYPE_CHECKING:
     from ..protocol import Reply
     from ..runtime import Gateway
 
-_BATCH = 256   # records already queued are written in one chunk
+_BATCH = 256           # records already queued are written in one chunk of at most this many records
+_CHUNK_BYTES = 65536   # and about this many bytes: what is taken out of the bounded buffer must stay small too
 
 
 def stream_response(gw: Gateway, svc: ServiceConfig, req: dict[str, Any],
                     fmt: type[NDJSONFormat] | type[SSEFormat]) -> Response:
     limits = gw.config.limits
     kind = "sse" if fmt is SSEFormat else "ndjson"
-    stream = ReplyStream(OutputBuffer(limits["write_buffer_records"], limits["write_buffer_bytes"]), kind)
+    # gunicorn writes each chunk after the generator yields it, and has no write timeout of its own
+    writes = WriteDeadline(client_socket(request.environ), limits["write_timeout_ms"])
+    buffer = OutputBuffer(limits["write_buffer_records"], limits["write_buffer_bytes"], lambda: writes.armed)
+    stream = ReplyStream(buffer, kind)
     waiter = gw.send_request(svc, stream.waiter, timeout_ms=svc.stream_timeout_ms, **req)
     cid = waiter.correlation_id
     metrics.IN_FLIGHT.labels(svc.name).inc()
-    # gunicorn writes each chunk after the generator yields it, and has no write timeout of its own
-    writes = WriteDeadline(client_socket(request.environ), limits["write_timeout_ms"])
     closed = False
 
     def close() -> None:
@@ -75,17 +77,19 @@ def stream_response(gw: Gateway, svc: ServiceConfig, req: dict[str, Any],
     def chunks() -> Iterator[bytes]:
         r: Reply = first
         out: list[bytes] = []
+        size = 0
         while True:
             if r.stream == "more":
                 out.append(fmt.item(r))
+                size += len(out[-1])
             else:
                 out.append(fmt.end(r.seq or 0) if r.stream == "end" else fmt.error(problem_of(r)))
                 writes.arm()       # disarmed by close(), after gunicorn's last write
                 yield b"".join(out)
                 return
-            if stream.buffer.empty() or len(out) >= _BATCH:
+            if stream.buffer.empty() or len(out) >= _BATCH or size >= _CHUNK_BYTES:
                 yield from write(b"".join(out))
-                out = []
+                out, size = [], 0
             remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:

@@ -137,7 +137,9 @@ class Session:
         self.limits = gw.config.websocket
         self.inflight: dict[Any, _InFlight] = {}
         limits = gw.config.limits
-        self.out = OutputBuffer(limits["write_buffer_records"], limits["write_buffer_bytes"])
+        writes = getattr(ws.sock, "deadline", None)       # _SendAll's
+        self.out = OutputBuffer(limits["write_buffer_records"], limits["write_buffer_bytes"],
+                                (lambda: writes.armed) if writes is not None else (lambda: True))
         self.closed = False
         self.dropped: str | None = None      # why the client was dropped as a slow consumer
 
