@@ -49,13 +49,15 @@ def read_body(request: Request, timeout_ms: int) -> bytes:
 
 
 # -- slow readers -------------------------------------------------------------------------------------------------
-def abort(sock: Any) -> None:
-    """End a connection at once: the blocked write (and read) on it fail, and on close the kernel drops what it
-    still holds for it (RST instead of a FIN after megabytes the client will never read)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except (OSError, AttributeError):
-        pass
+def abort(sock: Any, discard: bool = True) -> None:
+    """End a connection at once: the blocked write (and read) on it fail. With *discard*, on close the kernel also
+    drops what it still holds for it (RST instead of a FIN after megabytes the client will never read); without,
+    what was written (a close frame) still reaches a client that reads."""
+    if discard:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (OSError, AttributeError):
+            pass
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except (OSError, AttributeError):

@@ -182,7 +182,9 @@ class Session:
             try:
                 if item is _CLOSE:
                     self.ws.close(SLOW_CONSUMER, (self.dropped or "slow consumer")[:120])
-                    abort(self.ws.sock)     # wakes the session's receive: the library's reader sees the end
+                    # wakes the session's receive (the library's reader sees the end); the close frame still
+                    # reaches a client that reads
+                    abort(self.ws.sock, discard=False)
                     return
                 self.ws.send(item)
             except WriteTimeout as exc:     # the connection is already aborted
