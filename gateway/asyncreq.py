@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from gevent.event import Event
 
 from . import metrics
-from .errors import BrokerUnavailable
+from .errors import BadGateway, BrokerUnavailable
 from .protocol import (
     H_ASYNC,
     H_DEADLINE_MS,
@@ -51,6 +51,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class ResultTooLarge(BadGateway):
+    code, title = "result_too_large", "The async result is too large to keep"
+
+
 @dataclass
 class AsyncResult:
     """What every worker knows about one async request."""
@@ -61,6 +65,7 @@ class AsyncResult:
     service: str | None = None
     reply: Reply | None = None
     done: Event = field(default_factory=Event)
+    size: int = 0                          # bytes this entry holds (its body, or the stream items gathered so far)
     _stream: Reorderer | None = None
     _items: list[Reply] = field(default_factory=list)
 
@@ -70,11 +75,21 @@ class AsyncResult:
 
 
 class ResultStore:
-    """request id -> :class:`AsyncResult`, bounded by retention and count; fed by the results tail."""
+    """request id -> :class:`AsyncResult`, bounded by retention, count and bytes; fed by the results tail.
 
-    def __init__(self, retention_ms: int, max_results: int) -> None:
+    Every worker keeps a copy of every result, so the bounds are per worker: ``max_results`` entries and
+    ``max_store_bytes`` bytes of bodies (the least recently completed go first), one result at most
+    ``max_result_bytes`` (and a streamed one ``max_stream_records`` items; larger ones are kept as a 502
+    ``result_too_large`` problem instead)."""
+
+    def __init__(self, retention_ms: int, max_results: int, max_store_bytes: int = 128 * 1024 * 1024,
+                 max_result_bytes: int = 1024 * 1024, max_stream_records: int = 10000) -> None:
         self.retention_ms = retention_ms
         self.max_results = max_results
+        self.max_store_bytes = max_store_bytes
+        self.max_result_bytes = max_result_bytes
+        self.max_stream_records = max_stream_records
+        self.bytes = 0
         self._entries: collections.OrderedDict[str, AsyncResult] = collections.OrderedDict()
         self._known: dict[str, Event] = {}      # polls waiting for an id to become known
 
@@ -85,11 +100,31 @@ class ResultStore:
         entry = self._entries.get(rid)
         if entry is None:
             entry = self._entries[rid] = AsyncResult(rid, ts_ms)
-            while len(self._entries) > self.max_results:
-                self._entries.popitem(last=False)
+            self._evict()
             waiting = self._known.pop(rid, None)
             if waiting is not None:
                 waiting.set()
+        return entry
+
+    def _resize(self, entry: AsyncResult, size: int) -> None:
+        self.bytes += size - entry.size
+        entry.size = size
+        if entry.request_id in self._entries:
+            self._entries.move_to_end(entry.request_id)     # the newest result is the last to go
+        self._evict()
+
+    def _evict(self) -> None:
+        while len(self._entries) > self.max_results or (self.bytes > self.max_store_bytes and self._entries):
+            _, old = self._entries.popitem(last=False)
+            self.bytes -= old.size
+
+    def _too_large(self, entry: AsyncResult, reply: Reply, what: str) -> AsyncResult:
+        log.warning("async result %s dropped: %s", entry.request_id, what)
+        entry._items, entry._stream = [], None
+        error = ResultTooLarge(f"the result is too large to keep: {what}")
+        entry.reply = _problem_reply(reply.correlation_id, error.status, error.to_problem())
+        entry.done.set()
+        self._resize(entry, len(entry.reply.body))
         return entry
 
     def accepted(self, rid: str, ts_ms: int, deadline_ms: int | None, service: str | None) -> AsyncResult:
@@ -103,19 +138,30 @@ class ResultStore:
         """A service's reply record. Streams are gathered into one NDJSON body when complete."""
         entry = self._entry(reply.correlation_id.hex(), ts_ms)
         if entry.done.is_set():
-            return None                          # duplicate
+            return None                          # duplicate, or what follows a result too large to keep
+        limit = self.max_result_bytes
         if reply.stream is None:
+            if len(reply.body) > limit:
+                return self._too_large(entry, reply, f"{len(reply.body)} bytes > async.max_result_bytes ({limit})")
             entry.reply = reply
             entry.done.set()
+            self._resize(entry, len(reply.body))
             return entry
         if entry._stream is None:
-            entry._stream = Reorderer()
+            entry._stream = Reorderer(self.max_stream_records, limit)
         try:
-            entry._items.extend(entry._stream.push(reply))
+            released = entry._stream.push(reply)
         except StreamBroken as exc:
+            entry._items, entry._stream = [], None
             entry.reply = _problem_reply(reply.correlation_id, exc.status, exc.to_problem())
             entry.done.set()
+            self._resize(entry, len(entry.reply.body))
             return entry
+        entry._items.extend(released)
+        size = entry.size + sum(len(r.body) for r in released)
+        if len(entry._items) > self.max_stream_records or size > limit:
+            return self._too_large(entry, reply, f"the stream passed async.max_stream_records "
+                                                 f"({self.max_stream_records}) or async.max_result_bytes ({limit})")
         if entry._stream.done:
             lines = []
             for item in entry._items:
@@ -123,9 +169,15 @@ class ResultStore:
                     lines.append(item_json(item))
                 elif item.stream == "error":
                     lines.append(json.dumps(problem_of(item)))
-            entry.reply = Reply(reply.correlation_id, 200, "".join(x + "\n" for x in lines).encode(), NDJSON)
-            entry._items = []
+            body = "".join(x + "\n" for x in lines).encode()
+            if len(body) > limit:
+                return self._too_large(entry, reply, f"{len(body)} bytes of NDJSON > async.max_result_bytes "
+                                                     f"({limit})")
+            entry.reply = Reply(reply.correlation_id, 200, body, NDJSON)
+            entry._items, entry._stream = [], None
             entry.done.set()
+            size = len(body)
+        self._resize(entry, size)
         return entry
 
     def get(self, rid: str, at_ms: int | None = None) -> AsyncResult | None:
@@ -134,7 +186,8 @@ class ResultStore:
             return None
         at_ms = now_ms() if at_ms is None else at_ms
         if at_ms - entry.accepted_ms > self.retention_ms:
-            self._entries.pop(rid, None)
+            if self._entries.pop(rid, None) is not None:
+                self.bytes -= entry.size
             return None
         return entry
 
@@ -170,7 +223,8 @@ class AsyncRequests:
         cfg = gw.config.async_
         self.topic = cfg["results_topic"]
         self.num_partitions = cfg["partitions"]
-        self.store = ResultStore(cfg["retention_ms"], cfg["max_results"])
+        self.store = ResultStore(cfg["retention_ms"], cfg["max_results"], cfg["max_store_bytes"],
+                                 cfg["max_result_bytes"], cfg["max_stream_records"])
         self.tail: Any = None
 
     # -- lifecycle (see gateway.variants) ----------------------------------------------------------------------

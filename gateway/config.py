@@ -121,6 +121,28 @@ class LimitsSchema(_Strict):
                                                     "above)."})
     default_timeout_ms = fields.Integer(load_default=10000, validate=validate.Range(min=1),
                                         metadata={"doc": "Reply deadline for services that set none."})
+    body_timeout_ms = fields.Integer(load_default=30000, validate=validate.Range(min=100),
+                                     metadata={"doc": "Longest the gateway waits for a whole request body once it "
+                                                      "starts reading it (right after the headers): a body that "
+                                                      "trickles in gets 408 body_timeout and the connection is "
+                                                      "closed. Request headers are bounded by gunicorn's keep-alive "
+                                                      "timeout (75 s), on new connections too."})
+    write_timeout_ms = fields.Integer(load_default=30000, validate=validate.Range(min=100),
+                                      metadata={"doc": "Longest one write to a streaming (NDJSON/SSE) or websocket "
+                                                       "client may block because the client does not read; then the "
+                                                       "client is dropped as a slow consumer (its connection is "
+                                                       "aborted, its requests released, "
+                                                       "gateway_slow_consumers_dropped_total counts it)."})
+    write_buffer_records = fields.Integer(load_default=10000, validate=validate.Range(min=1),
+                                          metadata={"doc": "Reply records (stream items, websocket frames) a "
+                                                           "streaming response or a websocket may have waiting "
+                                                           "while a write to the client is blocked; one more and the "
+                                                           "client is dropped as a slow consumer (a last error event "
+                                                           "/ close code 1008). A burst (one fetch of a reply "
+                                                           "partition) may pass it while the client reads."})
+    write_buffer_bytes = fields.Integer(load_default=8 * 1024 * 1024, validate=validate.Range(min=1024),
+                                        metadata={"doc": "The same bound in bytes (one record is always accepted, "
+                                                         "however large)."})
 
 
 class KeySchema(_Strict):
@@ -247,6 +269,24 @@ class AsyncSchema(_Strict):
                                        metadata={"doc": "Fetch long-poll wait of the results tail. Kafka answers "
                                                         "as soon as data arrives; brokers that do not (Tansu) add up "
                                                         "to this much latency. Lower costs idle CPU in every worker."})
+    max_result_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=1024),
+                                      metadata={"doc": "Largest result kept (a reply body, or a streamed reply's "
+                                                       "items gathered into one NDJSON body); a larger one is "
+                                                       "answered as 502 result_too_large."})
+    max_store_bytes = fields.Integer(load_default=128 * 1024 * 1024, validate=validate.Range(min=1024),
+                                     metadata={"doc": "Bytes of results each worker keeps in memory (every worker "
+                                                      "keeps a copy of every result); the oldest go first, then "
+                                                      "polls for them answer 404."})
+    max_stream_records = fields.Integer(load_default=10000, validate=validate.Range(min=1),
+                                        metadata={"doc": "Records of a streamed reply gathered into one async "
+                                                         "result; more make it 502 result_too_large."})
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if data["max_result_bytes"] > data["max_store_bytes"]:
+            raise ValidationError(f"max_result_bytes ({data['max_result_bytes']}) must not exceed max_store_bytes "
+                                  f"({data['max_store_bytes']}): such a result could never be kept",
+                                  "max_result_bytes")
 
 
 class WebsocketSchema(_Strict):
@@ -256,6 +296,11 @@ class WebsocketSchema(_Strict):
                                      metadata={"doc": "Largest request frame; larger ones get an error frame."})
     max_in_flight = fields.Integer(load_default=100, validate=validate.Range(min=1),
                                    metadata={"doc": "Requests in flight per socket; more get an error frame."})
+    ping_interval_ms = fields.Integer(load_default=25000, validate=validate.Range(min=0),
+                                      metadata={"doc": "Ping every socket this often; a client that has not "
+                                                       "answered the previous ping by then is closed (1008 "
+                                                       "\"Ping/Pong timeout\") and its requests released. 0: no "
+                                                       "pings."})
 
 
 class StateSchema(_Strict):

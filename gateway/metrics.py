@@ -62,3 +62,10 @@ def mark_worker_dead(pid: int) -> None:
     """gunicorn ``child_exit`` hook: drop a dead worker's live gauges."""
     if MULTIPROC:
         multiprocess.mark_process_dead(pid)
+
+
+SLOW_CONSUMERS = Counter("gateway_slow_consumers_dropped_total",
+                         "Clients dropped because they did not read their streamed response or websocket fast "
+                         "enough, by kind (websocket, ndjson, sse) and reason (buffer_full: "
+                         "limits.write_buffer_records/bytes waiting; write_timeout: one write blocked "
+                         "limits.write_timeout_ms)", ["kind", "reason"])

@@ -233,16 +233,19 @@ class Gateway:
         correlation_id = new_correlation_id(self.worker_tag)
         now = time.time()
         deadline_ms = int(now * 1000) + timeout_ms
+        # encode before registering: input that cannot go onto a record must fail here, not leave a waiter behind
+        headers = request_headers(correlation_id, ReplyTo(self.config.reply["topic"], partition, reply_key),
+                                  deadline_ms, method, path, query, content_type, http_headers)
         # register before producing, with no yield in between (router.next -> register): the reader
         # cannot release this partition while the request is in flight.
         waiter = waiter_factory(correlation_id, partition, time.monotonic() + timeout_ms / 1000)
         self.pending.register(waiter)
-        headers = request_headers(correlation_id, ReplyTo(self.config.reply["topic"], partition, reply_key),
-                                  deadline_ms, method, path, query, content_type, http_headers)
         try:
             future = self.producer.send(svc.topic, value=body, key=key, headers=headers)
-        except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError (metadata / full buffer), closed producer
+        except BaseException as exc:  # KafkaTimeoutError (metadata / full buffer), closed producer, gevent's Timeout
             self.pending.remove(correlation_id)
+            if not isinstance(exc, Exception):
+                raise
             metrics.PRODUCE_ERRORS.labels(svc.name).inc()
             raise BrokerUnavailable(f"could not hand the request to Kafka: {type(exc).__name__}") from None
 

@@ -14,16 +14,20 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from gevent.event import Event
 
+from . import jsonutil
+
 if TYPE_CHECKING:
     from .runtime import Gateway
 
 log = logging.getLogger(__name__)
+_ETAG_CHARS = re.compile(r"[\x21\x23-\x7e\x80-\xff]{1,256}")
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,11 @@ class EntityEvent:
         return self.value.get(state_field)
 
     def etag(self, version_field: str | None) -> str:
-        if version_field and self.value.get(version_field) is not None:
-            return f'"{self.value[version_field]}"'
+        version = self.value.get(version_field) if version_field else None
+        if version is not None:
+            text = version if isinstance(version, str) else json.dumps(version)
+            if _ETAG_CHARS.fullmatch(text):         # anything else could not be an ETag header (RFC 9110 etagc)
+                return f'"{text}"'
         return f'"e{self.partition}.{self.offset}"'
 
 
@@ -108,8 +115,8 @@ class EntityTable:
 def parse_event(record: Any, event_id_field: str | None) -> EntityEvent | None:
     """An events-topic record as an :class:`EntityEvent`; None when it is not a JSON object with an id."""
     try:
-        value = json.loads(record.value or b"null")
-    except (ValueError, UnicodeDecodeError):
+        value = jsonutil.parse(record.value or b"null")
+    except ValueError:
         return None
     if not isinstance(value, dict):
         return None

@@ -11,10 +11,11 @@ greenlet, the HTTP or websocket greenlet takes records from its queue with a tim
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from gevent.queue import Empty, Queue
 
+from . import jsonutil, metrics
 from .errors import GatewayError
 from .pending import Callback
 
@@ -34,16 +35,83 @@ class StreamIdle(GatewayError):
     status, code, title = 504, "stream_idle", "The stream stalled"
 
 
+class SlowConsumer(GatewayError):
+    status, code, title = 503, "slow_consumer", "The client did not read the stream fast enough"
+
+
+class Totals:
+    """What every :class:`OutputBuffer` of this worker holds right now (``/readyz``: ``write_buffered``)."""
+
+    records = 0
+    bytes = 0
+
+
+class OutputBuffer:
+    """What waits to be written to one client (a streaming response, a websocket): a gevent queue bounded by
+    records and bytes while the client does not read.
+
+    :meth:`put` refuses what would pass a bound while *writer_blocked* says a write to the client is stuck (its
+    receive window is full), so the caller can drop the slow client. While the writer is not blocked the bound
+    may be passed: the reply reader hands over a whole fetch at once (without yielding), and a client that reads
+    fine must not be dropped for a burst its writer is about to drain. So what one client holds is at most the
+    bound plus one fetch of its reply partition. One record is always accepted, however large; :meth:`put_final`
+    always succeeds (the last word: an error, an end marker)."""
+
+    def __init__(self, max_records: int, max_bytes: int,
+                 writer_blocked: Callable[[], bool] = lambda: True) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.writer_blocked = writer_blocked
+        self.records = 0
+        self.bytes = 0
+        self._queue: Queue = Queue()
+
+    def put(self, item: Any, size: int) -> bool:
+        if (self.records and (self.records + 1 > self.max_records or self.bytes + size > self.max_bytes)
+                and self.writer_blocked()):
+            return False
+        self._add(item, size)
+        return True
+
+    def put_final(self, item: Any) -> None:
+        self._add(item, 0)
+
+    def _add(self, item: Any, size: int) -> None:
+        self.records += 1
+        self.bytes += size
+        Totals.records += 1
+        Totals.bytes += size
+        self._queue.put((item, size))
+
+    def get(self, timeout_s: float | None = None) -> Any:
+        """The next item; raises ``gevent.queue.Empty`` after *timeout_s*."""
+        item, size = self._queue.get(timeout=timeout_s)
+        self.records -= 1
+        self.bytes -= size
+        Totals.records -= 1
+        Totals.bytes -= size
+        return item
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+    def clear(self) -> None:
+        while not self._queue.empty():
+            self.get(0)
+
+
 class Reorderer:
     """Releases a stream's records in seq order, each once; a plain reply (no ``gateway-stream``) is a stream
     of one. ``done`` once the terminal record (end/error/plain) was released."""
 
-    def __init__(self, max_buffered: int = 10000) -> None:
+    def __init__(self, max_buffered: int = 10000, max_bytes: int = 8 * 1024 * 1024) -> None:
         self.next_seq = 0
         self.done = False
         self.duplicates = 0
         self._buffer: dict[int, Reply] = {}
+        self._bytes = 0
         self._max = max_buffered
+        self._max_bytes = max_bytes
 
     def push(self, reply: Reply) -> list[Reply]:
         if self.done:
@@ -61,50 +129,73 @@ class Reorderer:
         if reply.seq < self.next_seq or reply.seq in self._buffer:
             self.duplicates += 1
             return []
-        if len(self._buffer) >= self._max:
-            raise StreamBroken(f"more than {self._max} stream records arrived out of order (missing seq "
-                               f"{self.next_seq})")
+        if reply.seq != self.next_seq and (len(self._buffer) >= self._max
+                                           or self._bytes + len(reply.body) > self._max_bytes):
+            raise StreamBroken(f"more than {self._max} stream records or {self._max_bytes} bytes arrived out of "
+                               f"order (missing seq {self.next_seq})")
         self._buffer[reply.seq] = reply
+        self._bytes += len(reply.body)
         out = []
         while self.next_seq in self._buffer:
             r = self._buffer.pop(self.next_seq)
+            self._bytes -= len(r.body)
             out.append(r)
             self.next_seq += 1
             if r.stream in TERMINAL:
                 self.done = True
                 self._buffer.clear()
+                self._bytes = 0
                 break
         return out
 
 
 class ReplyStream:
-    """A waiter that queues a request's replies in order. Use :meth:`waiter` as ``send_request``'s factory."""
+    """A waiter that queues a request's replies in order for the HTTP greenlet that writes them, in an
+    :class:`OutputBuffer`: a client that does not read fast enough is dropped (a last :class:`SlowConsumer` error,
+    the waiter released, ``gateway_slow_consumers_dropped_total{kind}`` counted). Use :meth:`waiter` as
+    ``send_request``'s factory."""
 
-    def __init__(self, max_buffered: int = 10000) -> None:
-        self.queue: Queue = Queue()
-        self.reorder = Reorderer(max_buffered)
+    def __init__(self, buffer: OutputBuffer, kind: str) -> None:
+        self.buffer = buffer
+        self.kind = kind
+        self.reorder = Reorderer(max_bytes=buffer.max_bytes)
+        self.dropped = False
 
     def waiter(self, correlation_id: bytes, partition: int, deadline: float) -> Callback:
-        return Callback(correlation_id, partition, deadline, self._on_reply, self.queue.put)
+        return Callback(correlation_id, partition, deadline, self._on_reply, self.buffer.put_final)
 
     def _on_reply(self, reply: Reply) -> bool:
         try:
             for r in self.reorder.push(reply):
-                self.queue.put(r)
+                if not self.buffer.put(r, len(r.body)):
+                    self._drop()
+                    break
         except StreamBroken as exc:
             self.reorder.done = True
-            self.queue.put(exc)
+            self.buffer.put_final(exc)
         return self.reorder.done
+
+    def _drop(self) -> None:
+        self.dropped = True
+        self.reorder.done = True
+        metrics.SLOW_CONSUMERS.labels(self.kind, "buffer_full").inc()
+        self.buffer.put_final(SlowConsumer(
+            f"more than {self.buffer.max_records} records or {self.buffer.max_bytes} bytes were waiting to be "
+            "written to this client (limits.write_buffer_records / write_buffer_bytes): read faster"))
 
     def next(self, timeout_s: float, why: str = "") -> Reply:
         """The next record in order; raises :class:`StreamIdle` after *timeout_s*, or the waiter's failure."""
         try:
-            item = self.queue.get(timeout=max(0.0, timeout_s))
+            item = self.buffer.get(max(0.0, timeout_s))
         except Empty:
             raise StreamIdle(f"no stream record within {int(timeout_s * 1000)} ms{why}") from None
         if isinstance(item, BaseException):
             raise item
         return item
+
+    def close(self) -> None:
+        """The response is over: let go of whatever it did not write."""
+        self.buffer.clear()
 
 
 # -- encodings ---------------------------------------------------------------------------------------------------
@@ -126,7 +217,7 @@ def item_json(reply: Reply) -> str:
         if "\n" not in text and "\r" not in text:
             return text
         try:
-            return json.dumps(json.loads(text), separators=(",", ":"))
+            return json.dumps(jsonutil.parse(text), separators=(",", ":"))
         except ValueError:
             return json.dumps(text)
     return json.dumps(body.decode("utf-8", "replace"))
@@ -135,7 +226,7 @@ def item_json(reply: Reply) -> str:
 def problem_of(reply: Reply) -> dict[str, Any]:
     """The problem object of a ``gateway-stream=error`` record (or a generic one if its body is not JSON)."""
     try:
-        body = json.loads(reply.body or b"{}")
+        body = jsonutil.parse(reply.body or b"{}")
     except ValueError:
         body = None
     if not isinstance(body, dict):

@@ -70,8 +70,12 @@ class Variants:
         return self.started and self.async_requests.ready and self.states.ready
 
     def readiness(self) -> dict[str, Any]:
-        return {"variants_ready": self.ready, "async_results": len(self.async_requests.store),
-                "entities": {t: len(tab) for t, tab in self.states.tables.items()}, "websockets": self.sockets}
+        from .streams import Totals
+
+        store = self.async_requests.store
+        return {"variants_ready": self.ready, "async_results": len(store), "async_result_bytes": store.bytes,
+                "entities": {t: len(tab) for t, tab in self.states.tables.items()}, "websockets": self.sockets,
+                "write_buffered": {"records": Totals.records, "bytes": Totals.bytes}}
 
     def on_broker_recovered(self) -> None:
         """Called by the gateway's broker-recovery path: re-create the results/events topics if they vanished

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import http.client
+import json
 import time
 
 import pytest
@@ -99,3 +101,31 @@ def test_broker_unreachable_is_fast_503_and_not_ready(tmp_path, log_dir):
     finally:
         gw.stop()
         b.stop()
+
+
+def test_json_nested_too_deeply_is_400_not_500(gateway):
+    for body in ("[" * 65000, "[" * 300 + "]" * 300, '{"a": ' * 1000 + "1" + "}" * 1000):
+        r = requests.post(gateway.url + "/echo/deep", data=body, headers={"Content-Type": "application/json"},
+                          timeout=10)
+        detail = _problem(r, 400, "malformed_json")["detail"]
+        assert "nested too deeply (more than 256 levels" in detail
+    ok = requests.post(gateway.url + "/echo/deep", data="[" * 256 + "]" * 256,
+                       headers={"Content-Type": "application/json"}, timeout=10)
+    assert ok.status_code == 200 and ok.json()["body"] == "[" * 256 + "]" * 256
+
+
+def test_paths_that_are_not_utf8_are_400_not_mangled(gateway):
+    """werkzeug would read %FF as U+FFFD and the service would get a path the client never sent. (Raw bytes
+    above 0x7F in the request line never reach the gateway: gunicorn answers them 400 itself.)"""
+    for target in ("/echo/%FF", "/echo/a%C3"):
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        try:
+            conn.request("GET", target)
+            r = conn.getresponse()
+            body = r.read()
+        finally:
+            conn.close()
+        assert r.status == 400 and r.getheader("Content-Type") == "application/problem+json", (target, body)
+        assert "the path is not UTF-8: byte 0x" in json.loads(body)["detail"], body
+    r = requests.get(gateway.url + "/echo/%C3%A9t%C3%A9?q=%C3%A9", timeout=10)     # UTF-8, percent-encoded
+    assert r.status_code == 200 and r.json()["path"] == "/echo/été" and r.json()["query"] == {"q": ["é"]}

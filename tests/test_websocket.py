@@ -146,3 +146,42 @@ def test_100_clients_with_many_requests_in_flight_each_get_their_own_replies(gat
     assert not errors, errors[:5]
     assert received == [per_client] * clients
     print(f"{clients * per_client} websocket requests over {clients} sockets in {elapsed:.1f}s")
+
+
+def test_frames_that_cannot_go_onto_a_record_get_400_and_leave_nothing_pending(gateway):
+    """A lone surrogate in the path or a text body, a header value that is not Latin-1 text, JSON nested too
+    deeply: each an error frame that says what to fix, on a socket that stays open. A thousand of them leave no
+    waiter behind in either worker's pending table (they used to leak one each, until the worker answered 503)."""
+    from pending_check import wait_pending_drained
+
+    cases = [
+        ({"id": "p", "service": "echo", "path": "/\ud800"}, '"path" is not valid Unicode'),
+        ({"id": "q", "service": "echo", "path": "/a?x=\udfff"}, '"path" is not valid Unicode'),
+        ({"id": "h", "service": "echo", "headers": {"X-Request-Id": "€"}}, "U+20AC"),
+        ({"id": "n", "service": "echo", "headers": {"X-Request-Id": "a\r\nb"}}, "U+000D"),
+        ({"id": "k", "service": "echo", "headers": {"bad name": "v"}}, "not an HTTP token"),
+        ({"id": "b", "service": "echo", "method": "POST", "headers": {"Content-Type": "text/plain"},
+          "body": "\ud800"}, '"body" is not valid Unicode'),
+        ({"id": "d", "service": "echo", "method": "POST", "body": json.loads("[" * 300 + "]" * 300)},
+         "nested too deeply"),
+    ]
+    ws = connect(gateway)
+    try:
+        for frame, detail in cases:
+            ws.send(json.dumps(frame))
+            reply = json.loads(ws.recv())
+            expected_id = None if frame["id"] == "d" else frame["id"]     # a frame that is not JSON has no id
+            assert reply["id"] == expected_id and reply["error"]["status"] == 400, (frame, reply)
+            assert detail in reply["error"]["detail"], reply
+        ws.send("[" * 8000)                   # websocket.max_frame_bytes is 8192 here (test_hostile: 100,000)
+        reply = json.loads(ws.recv())
+        assert reply["error"]["code"] == "malformed_json" and "nested too deeply" in reply["error"]["detail"]
+        for i in range(1000):
+            ws.send(json.dumps({"id": i, "service": "echo", "path": "/\ud800" if i % 2 else "/x",
+                                "headers": {} if i % 2 else {"X-Request-Id": "€"}}))
+        assert all(json.loads(ws.recv())["error"]["status"] == 400 for _ in range(1000))
+        ws.send(json.dumps({"id": "ok", "service": "echo", "path": "/still-open"}))
+        assert json.loads(ws.recv())["body"]["path"] == "/echo/still-open"
+    finally:
+        ws.close()
+    wait_pending_drained(gateway.url, 2)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from flask import Response
 
 from ..errors import BadRequest
+from .guard import check_header
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
@@ -26,11 +27,12 @@ def path_segment(path: str, index: int) -> str | None:
 
 def forwarded_headers(gw: Gateway, header: Callable[[str], str | None]) -> list[tuple[str, str]]:
     """The allow-listed request headers (``http.forward_request_headers``) plus trace context, looked up with
-    *header* (case-insensitive)."""
+    *header* (case-insensitive); 400 for a value that an HTTP header cannot carry."""
     out = []
     for name in (*gw.config.http["forward_request_headers"], *TRACE_HEADERS):
         value = header(name)
         if value is not None:
+            check_header(name, value)
             out.append((name, value))
     return out
 
@@ -42,13 +44,14 @@ def record_key(svc: ServiceConfig, path: str, header: Callable[[str], str | None
         return None
     if spec["source"] == "path":
         segment = path_segment(path, spec["segment"])
-        return segment.encode() if segment is not None else None
+        return segment.encode("utf-8", "surrogatepass") if segment is not None else None
     if spec["source"] == "header":
         value = header(spec["header"])
         return value.encode("latin-1", "replace") if value is not None else None
     if isinstance(parsed, dict) and parsed.get(spec["field"]) is not None:
         value = parsed[spec["field"]]
-        return (value if isinstance(value, str) else json.dumps(value)).encode()
+        # a JSON string may hold a lone surrogate ("\ud800"): the key only has to be stable, not valid UTF-8
+        return (value if isinstance(value, str) else json.dumps(value)).encode("utf-8", "surrogatepass")
     return None
 
 

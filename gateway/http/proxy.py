@@ -1,16 +1,16 @@
 """The request path: ``/<service>/<path...>`` -> one request record -> wait for the reply -> HTTP response."""
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
-from .. import current_gateway, metrics
+from .. import current_gateway, jsonutil, metrics
 from ..errors import GatewayError, MalformedJSON, MethodNotAllowed, NotAcceptable, UnknownService, UnsupportedMediaType
 from .common import forwarded_headers, record_key, reply_response
+from .guard import read_body, utf8_path, utf8_query
 from .variants import dispatch_variant
 
 if TYPE_CHECKING:
@@ -24,8 +24,8 @@ def _is_json(mimetype: str) -> bool:
     return mimetype == "application/json" or mimetype.endswith("+json")
 
 
-def _validate_body(svc: ServiceConfig) -> tuple[bytes, str | None, Any]:
-    body = request.get_data(cache=False)  # werkzeug enforces MAX_CONTENT_LENGTH (413)
+def _validate_body(svc: ServiceConfig, body_timeout_ms: int) -> tuple[bytes, str | None, Any]:
+    body = read_body(request, body_timeout_ms)
     content_type = request.headers.get("Content-Type")
     parsed = None
     if body:
@@ -38,8 +38,8 @@ def _validate_body(svc: ServiceConfig) -> tuple[bytes, str | None, Any]:
                                        f"{', '.join(svc.content_types)}")
         if _is_json(mimetype):
             try:
-                parsed = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
+                parsed = jsonutil.parse(body)
+            except ValueError as exc:
                 raise MalformedJSON(f"the body is not valid JSON: {exc}") from None
     return body, content_type, parsed
 
@@ -57,8 +57,10 @@ def proxy(service: str, rest: str) -> Response:
             raise UnknownService(f"no service {service!r}; known: {', '.join(sorted(gw.config.services))}")
         if request.method not in svc.methods:
             raise MethodNotAllowed(f"{service} accepts {', '.join(svc.methods)}", allow=list(svc.methods))
-        body, content_type, parsed = _validate_body(svc)
-        req = dict(method=request.method, path=request.path, query=request.query_string.decode("latin-1"),
+        utf8_path(request.environ)
+        query = utf8_query(request.query_string)
+        body, content_type, parsed = _validate_body(svc, gw.config.limits["body_timeout_ms"])
+        req = dict(method=request.method, path=request.path, query=query,
                    content_type=content_type, http_headers=forwarded_headers(gw, request.headers.get), body=body,
                    key=record_key(svc, request.path, request.headers.get, parsed))
         special = dispatch_variant(gw, svc, req, parsed)  # async, streaming, answer-on-state (docs/variants.md)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Response, request
 
+from .. import jsonutil
 from ..errors import BadGateway, BadRequest, NotAcceptable, StateTimeout
 from ..variants import current_variants
 from .common import path_segment, reply_response, wait_seconds
@@ -54,7 +55,7 @@ def answer_on_state(gw: Gateway, svc: ServiceConfig, req: dict[str, Any], parsed
         return reply_response(gw, svc, reply)      # the service refused: no state to wait for
     if entity_id is None:
         try:
-            entity_id = _field(json.loads(reply.body or b"null"), on["id_field"])
+            entity_id = _field(jsonutil.parse(reply.body or b"null"), on["id_field"])
         except ValueError:
             entity_id = None
         if entity_id is None:

@@ -5,25 +5,32 @@ import json
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
-from flask import Response
+from flask import Response, request
 from werkzeug.wsgi import ClosingIterator
 
 from .. import metrics
 from ..errors import GatewayError, ReplyTimeout
-from ..streams import NDJSONFormat, ReplyStream, SSEFormat, StreamIdle, problem_of
+from ..streams import NDJSONFormat, OutputBuffer, ReplyStream, SSEFormat, StreamIdle, problem_of
 from .common import reply_response
+from .guard import WriteDeadline, client_socket
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
     from ..protocol import Reply
     from ..runtime import Gateway
 
-_BATCH = 256   # records already queued are written in one chunk
+_BATCH = 256           # records already queued are written in one chunk of at most this many records
+_CHUNK_BYTES = 65536   # and about this many bytes: what is taken out of the bounded buffer must stay small too
 
 
 def stream_response(gw: Gateway, svc: ServiceConfig, req: dict[str, Any],
                     fmt: type[NDJSONFormat] | type[SSEFormat]) -> Response:
-    stream = ReplyStream()
+    limits = gw.config.limits
+    kind = "sse" if fmt is SSEFormat else "ndjson"
+    # gunicorn writes each chunk after the generator yields it, and has no write timeout of its own
+    writes = WriteDeadline(client_socket(request.environ), limits["write_timeout_ms"])
+    buffer = OutputBuffer(limits["write_buffer_records"], limits["write_buffer_bytes"], lambda: writes.armed)
+    stream = ReplyStream(buffer, kind)
     waiter = gw.send_request(svc, stream.waiter, timeout_ms=svc.stream_timeout_ms, **req)
     cid = waiter.correlation_id
     metrics.IN_FLIGHT.labels(svc.name).inc()
@@ -31,10 +38,14 @@ def stream_response(gw: Gateway, svc: ServiceConfig, req: dict[str, Any],
 
     def close() -> None:
         nonlocal closed
+        writes.disarm()            # armed until here: the last chunk and gunicorn's terminating chunk
         if not closed:
             closed = True
             gw.pending.remove(cid)
+            stream.close()
             metrics.IN_FLIGHT.labels(svc.name).dec()
+            if writes.expired and not stream.dropped:
+                metrics.SLOW_CONSUMERS.labels(kind, "write_timeout").inc()
 
     try:
         first = stream.next(svc.timeout_ms / 1000)
@@ -58,19 +69,27 @@ def stream_response(gw: Gateway, svc: ServiceConfig, req: dict[str, Any],
     deadline = time.monotonic() + svc.stream_timeout_ms / 1000
     idle_s = svc.stream_idle_timeout_ms / 1000
 
+    def write(chunk: bytes) -> Iterator[bytes]:
+        writes.arm()               # gunicorn writes the chunk, then resumes the generator
+        yield chunk
+        writes.disarm()
+
     def chunks() -> Iterator[bytes]:
         r: Reply = first
         out: list[bytes] = []
+        size = 0
         while True:
             if r.stream == "more":
                 out.append(fmt.item(r))
+                size += len(out[-1])
             else:
                 out.append(fmt.end(r.seq or 0) if r.stream == "end" else fmt.error(problem_of(r)))
+                writes.arm()       # disarmed by close(), after gunicorn's last write
                 yield b"".join(out)
                 return
-            if stream.queue.empty() or len(out) >= _BATCH:
-                yield b"".join(out)
-                out = []
+            if stream.buffer.empty() or len(out) >= _BATCH or size >= _CHUNK_BYTES:
+                yield from write(b"".join(out))
+                out, size = [], 0
             remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:
@@ -81,6 +100,7 @@ def stream_response(gw: Gateway, svc: ServiceConfig, req: dict[str, Any],
                     r = stream.next(idle_s, f" (stream_idle_timeout_ms={svc.stream_idle_timeout_ms})")
             except GatewayError as exc:
                 out.append(fmt.error(exc.to_problem(cid.hex())))
+                writes.arm()       # disarmed by close(), after gunicorn's last write
                 yield b"".join(out)
                 return
 

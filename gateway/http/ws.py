@@ -8,6 +8,14 @@ Each request goes through ``Gateway.send_request`` with a :class:`gateway.pendin
 comes back to this worker exactly like an HTTP request's. A reply is framed in the reply reader's greenlet and
 queued; one writer greenlet per socket writes the frames (so frames never interleave on the wire). A sweeper
 greenlet expires requests past their deadline or idle streams. A closed socket drops all its pending entries.
+
+A client that does not read is dropped, never buffered without bound: the frames waiting for it are bounded
+(``limits.write_buffer_records`` / ``write_buffer_bytes``; past them the socket is closed with 1008 "slow
+consumer"), each write is bounded (``limits.write_timeout_ms``; past it the connection is aborted), and the
+library pings every ``websocket.ping_interval_ms`` (a client that does not answer is closed, 1008 "Ping/Pong
+timeout"). Either way its requests leave the pending table at once. The writer and sweeper run under
+:class:`gateway.supervise.Supervised`: should one crash, the crash is logged and counted and the session ends the
+same way.
 """
 from __future__ import annotations
 
@@ -21,9 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 from flask import Blueprint, Response, request
-from gevent.queue import Queue
 
-from .. import current_gateway, metrics
+from .. import current_gateway, jsonutil, metrics
 from ..config import HTTP_METHODS
 from ..errors import (
     BadRequest,
@@ -36,9 +43,11 @@ from ..errors import (
     UnsupportedMediaType,
 )
 from ..pending import Callback
-from ..streams import Reorderer, StreamBroken, StreamIdle, problem_of
+from ..streams import OutputBuffer, Reorderer, StreamBroken, StreamIdle, problem_of
+from ..supervise import Supervised
 from ..variants import current_variants
 from .common import forwarded_headers, record_key
+from .guard import WriteDeadline, WriteTimeout, abort, check_header, check_text
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
@@ -65,19 +74,33 @@ class DuplicateId(BadRequest):
 
 class _SendAll:
     """simple-websocket writes with ``socket.send``, which may write part of a frame; write all of it, one writer
-    at a time (the library's own reader thread answers pings on the same socket)."""
+    at a time (the library's own reader thread answers pings on the same socket), each write within
+    ``limits.write_timeout_ms``: past it the connection is aborted and :class:`WriteTimeout` (an ``OSError``, which
+    the library's thread treats as a dead connection) raised."""
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, timeout_ms: int) -> None:
         self._sock = sock
         self._lock = threading.Lock()   # gevent-patched: a cooperative lock
+        self.deadline = WriteDeadline(sock, timeout_ms)
 
     def send(self, data: bytes) -> int:
         with self._lock:
-            self._sock.sendall(data)
+            try:
+                with self.deadline:
+                    self._sock.sendall(data)
+            except OSError:
+                if self.deadline.expired:
+                    raise WriteTimeout(f"a write blocked for more than limits.write_timeout_ms "
+                                       f"({self.deadline.timeout_ms} ms)") from None
+                raise
         return len(data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+_CLOSE = object()      # in the output buffer: write what came before, then close the socket (slow consumer)
+SLOW_CONSUMER = 1008   # policy violation: the close code of a dropped slow consumer (as the library's ping timeout)
 
 
 @dataclass
@@ -97,7 +120,7 @@ def _frame_body(reply: Reply) -> dict[str, Any]:
         return {"body": None}
     if ctype == "application/json" or ctype.endswith("+json"):
         try:
-            return {"body": json.loads(reply.body)}
+            return {"body": jsonutil.parse(reply.body)}
         except ValueError:
             pass
     if ctype.startswith("text/") or ctype.endswith(("json", "xml")):
@@ -113,36 +136,82 @@ class Session:
         self.ws = ws
         self.limits = gw.config.websocket
         self.inflight: dict[Any, _InFlight] = {}
-        self.out: Queue = Queue()
+        limits = gw.config.limits
+        writes = getattr(ws.sock, "deadline", None)       # _SendAll's
+        self.out = OutputBuffer(limits["write_buffer_records"], limits["write_buffer_bytes"],
+                                (lambda: writes.armed) if writes is not None else (lambda: True))
         self.closed = False
+        self.dropped: str | None = None      # why the client was dropped as a slow consumer
 
     # -- outgoing ----------------------------------------------------------------------------------------------
     def send(self, frame: dict[str, Any]) -> None:
-        self.out.put(json.dumps(frame))
+        """Queue a frame for the writer; never blocks (called in the reply reader's greenlet too)."""
+        if self.closed or self.dropped:
+            return
+        text = json.dumps(frame)
+        if not self.out.put(text, len(text)):
+            self._drop("buffer_full", f"slow consumer: more than {self.out.max_records} frames or "
+                                      f"{self.out.max_bytes} bytes unread")
 
     def send_error(self, frame_id: Any, error: GatewayError, correlation_id: str | None = None) -> None:
         self.send({"id": frame_id, "error": error.to_problem(correlation_id)})   # a 405's problem has "allow"
 
+    def _drop(self, reason: str, detail: str) -> None:
+        """A slow consumer: count it, release its requests now, and have the writer close the socket after
+        what is already queued (1008 + *detail*), or abort it if a write timed out."""
+        if self.dropped:
+            return
+        self.dropped = detail
+        metrics.SLOW_CONSUMERS.labels("websocket", reason).inc()
+        log.warning("websocket dropped (%s): %s; %d requests released", reason, detail, len(self.inflight))
+        self._release_all()
+        self.out.put_final(_CLOSE)
+
+    def _release_all(self) -> None:
+        for entry in list(self.inflight.values()):
+            self.gw.pending.remove(entry.correlation_id)
+            self._finish(entry)
+
     def _writer(self) -> None:
+        from simple_websocket import ConnectionClosed
+
         while True:
-            text = self.out.get()
-            if text is None:
+            item = self.out.get()
+            if item is None:
                 return
             try:
-                self.ws.send(text)
-            except Exception:  # noqa: BLE001 - ConnectionClosed, broken pipe: the reader loop ends the session
-                self.closed = True
+                if item is _CLOSE:
+                    self.ws.close(SLOW_CONSUMER, (self.dropped or "slow consumer")[:120])
+                    # wakes the session's receive (the library's reader sees the end); the close frame still
+                    # reaches a client that reads
+                    abort(self.ws.sock, discard=False)
+                    return
+                self.ws.send(item)
+            except WriteTimeout as exc:     # the connection is already aborted
+                self._drop("write_timeout", f"slow consumer: {exc}")
                 return
+            except (ConnectionClosed, OSError):     # the connection is gone: end the session's receive too
+                self.closed = True
+                abort(self.ws.sock)
+                return
+
+    def _crashed(self, exc: BaseException) -> None:
+        """``on_crash`` of the writer and the sweeper (already logged and counted by Supervised): end the session
+        as a closed socket would, releasing its requests."""
+        self.closed = True
+        self._release_all()
+        abort(self.ws.sock)
 
     # -- request frames ----------------------------------------------------------------------------------------
     def on_frame(self, data: Any) -> None:
         if isinstance(data, bytes):
             raise BadRequest("frames are JSON text; binary frames are not accepted")
-        if len(data) > self.limits["max_frame_bytes"] and len(data.encode()) > self.limits["max_frame_bytes"]:
+        limit = self.limits["max_frame_bytes"]
+        if len(data) > limit and len(data.encode("utf-8", "surrogatepass")) > limit:
             raise PayloadTooLarge(f"the frame is larger than websocket.max_frame_bytes "
                                   f"({self.limits['max_frame_bytes']})")
         try:
-            frame = json.loads(data)
+            frame = jsonutil.parse(data)
         except ValueError as exc:
             raise MalformedJSON(f"the frame is not valid JSON: {exc}") from None
         if not isinstance(frame, dict):
@@ -178,12 +247,15 @@ class Session:
         rel = frame.get("path", "")
         if not isinstance(rel, str) or (rel and rel[0] not in "/?"):
             raise BadRequest('"path" is the path under the service, starting with "/" (e.g. "/o-1"), or empty')
+        check_text('"path"', rel)
         rel_path, _, query = rel.partition("?")
         path = f"/{svc.name}{rel_path}"
         headers = frame.get("headers") or {}
         if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                     for k, v in headers.items()):
             raise BadRequest('"headers" is an object of string values')
+        for name, value in headers.items():
+            check_header(name, value)
         headers = {k.lower(): v for k, v in headers.items()}
         body, content_type = self._body(svc, frame.get("body"), headers.get("content-type"))
         if len(self.inflight) >= self.limits["max_in_flight"]:
@@ -215,6 +287,7 @@ class Session:
         if body is None:
             return b"", None
         if content_type and isinstance(body, str):
+            check_text('"body"', body)
             data, ctype = body.encode(), content_type
         else:
             data, ctype = json.dumps(body).encode(), "application/json"
@@ -254,7 +327,7 @@ class Session:
             else:
                 frame = {"id": entry.frame_id, "seq": r.seq, "stream": "error", "error": problem_of(r)}
             self.send(frame)
-        if entry.reorder.done:
+        if entry.reorder.done or self.dropped or self.closed:
             self._finish(entry)
             return True
         return False
@@ -290,8 +363,11 @@ class Session:
     def run(self) -> None:
         from simple_websocket import ConnectionClosed
 
-        writer = gevent.spawn(self._writer)
-        sweeper = gevent.spawn(self._sweep)
+        def supervised(name: str, target: Any) -> Supervised:
+            return Supervised(name, target, restart=False, worker_wide=False, on_crash=self._crashed).start()
+
+        writer = supervised("websocket-writer", self._writer)
+        sweeper = supervised("websocket-sweeper", self._sweep)
         try:
             while not self.closed:
                 data = self.ws.receive()
@@ -299,17 +375,19 @@ class Session:
                     self.on_frame(data)
                 except GatewayError as exc:
                     self.send_error(None, exc)
+                except Exception:  # noqa: BLE001 - a bug must cost one frame, not the session
+                    log.exception("websocket frame failed")
+                    self.send_error(None, GatewayError("unexpected gateway error handling this frame; see the "
+                                                       "gateway log"))
         except ConnectionClosed:
             pass
         finally:
             self.closed = True
-            for entry in list(self.inflight.values()):
-                self.gw.pending.remove(entry.correlation_id)
-                self._finish(entry)
-            sweeper.kill(block=False)
-            self.out.put(None)
-            writer.join(timeout=5)
-            writer.kill(block=False)
+            self._release_all()
+            sweeper.stop(timeout_s=0)
+            self.out.put_final(None)
+            writer.stop(timeout_s=1)    # what is queued cannot reach a closed socket: do not wait for it
+            self.out.clear()
 
 
 @bp.route("/ws", methods=ALL_METHODS, provide_automatic_options=False)
@@ -327,9 +405,11 @@ def websocket() -> Response:
     gw = current_gateway()
     gw.check_ready()
     variants = current_variants()
-    limit = gw.config.websocket["max_frame_bytes"]
-    ws = Server(request.environ, max_message_size=4 * limit + 4096)
-    ws.sock = _SendAll(ws.sock)
+    cfg = gw.config.websocket
+    ping_s = cfg["ping_interval_ms"] / 1000 or None
+    ws = Server(request.environ, max_message_size=4 * cfg["max_frame_bytes"] + 4096, ping_interval=ping_s)
+    # the library's own thread sends pings (and the close after a ping timeout) through this too
+    ws.sock = _SendAll(ws.sock, gw.config.limits["write_timeout_ms"])
     variants.sockets += 1
     try:
         Session(gw, ws).run()
