@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import requests
 
@@ -84,8 +85,9 @@ def process_tree(root: int) -> dict[str, list[int]]:
     return groups
 
 
-def measure(duration_s: float, settle_s: float, quiet: Callable[[dict[str, list[int]]], None], log_dir: Path,
-            say: Callable[[str], None] = print) -> IdleResult:
+@contextmanager
+def dev_run(log_dir: Path) -> Iterator[tuple[Process, str]]:
+    """``./dev run`` as a user starts it, on free ports; yields it (and its URL) once it serves."""
     port, broker_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PROMETHEUS_", "KAFKA_"))}
     env["PYTHONUNBUFFERED"] = "1"
@@ -100,6 +102,14 @@ def measure(duration_s: float, settle_s: float, quiet: Callable[[dict[str, list[
                     and requests.get(url + "/echo/idle-check", timeout=10).status_code == 200)
 
         wait_until(ready, 90, 0.5, "./dev run serving (2 workers ready, echo answering)")
+        yield dev, url
+    finally:
+        dev.stop()
+
+
+def measure(duration_s: float, settle_s: float, quiet: Callable[[dict[str, list[int]]], None], log_dir: Path,
+            say: Callable[[str], None] = print) -> IdleResult:
+    with dev_run(log_dir) as (dev, _):
         say(f"idle    ./dev run serving; settling {settle_s:g} s, then measuring {duration_s:g} s")
         time.sleep(settle_s)
         groups = process_tree(dev.pid)
@@ -108,7 +118,5 @@ def measure(duration_s: float, settle_s: float, quiet: Callable[[dict[str, list[
             time.sleep(duration_s)
         if not dev.alive():
             raise RuntimeError(f"./dev run exited during the idle measurement; its log: {dev.log_path}")
-        cpu = {n: v for n, v in meter.result.items() if n not in ("machine", "other")}
-        return IdleResult(duration_s, cpu, meter.result["other"], meter.result["machine"])
-    finally:
-        dev.stop()
+    cpu = {n: v for n, v in meter.result.items() if n not in ("machine", "other")}
+    return IdleResult(duration_s, cpu, meter.result["other"], meter.result["machine"])

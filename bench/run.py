@@ -110,8 +110,9 @@ class Bench:
         with ExitStack() as stack:
             if cell.path == "ceiling":
                 return self._ceiling(cell, stack)
-            reply_partitions = cell.ppr * (self.s.workers if cell.path == "gateway" else 1)
-            config, echo = self._kafka(stack, reply_partitions)
+            if cell.path == "gateway":
+                return self._gateway(cell, stack)
+            config, echo = self._kafka(stack, cell.ppr)
             return getattr(self, f"_{cell.path}")(cell, stack, config, echo)
         raise AssertionError("unreachable")
 
@@ -168,7 +169,9 @@ class Bench:
         return self._drive(cell, server, url, {**self._kafka_groups(echo), "baseline": [server.pid]}, [echo],
                            hops)
 
-    def _gateway(self, cell: Cell, stack: ExitStack, config: Config, echo: Process) -> CellResult:
+    def start_gateway(self, stack: ExitStack, ppr: int) -> tuple[GunicornGateway, Config, Process]:
+        """A fresh broker, echo and gateway whose workers read *ppr* reply partitions each; serving on return."""
+        config, echo = self._kafka(stack, ppr * self.s.workers)
         bootstrap = config.kafka["bootstrap_servers"][0]
         gw = GunicornGateway(self.log_dir / "gateway.toml", bootstrap, self.log_dir, workers=self.s.workers)
         stack.callback(gw.stop)
@@ -177,6 +180,10 @@ class Bench:
         # every worker minting on and reading only its own partitions (no borrowed one left): ppr per worker
         wait_until(lambda: _settled(gw.metrics(), n), 60, 0.2, f"gateway workers owning and reading {n} partitions")
         self._wait_answering(gw.url + PATH, gw)
+        return gw, config, echo
+
+    def _gateway(self, cell: Cell, stack: ExitStack) -> CellResult:
+        gw, config, echo = self.start_gateway(stack, cell.ppr)
         hops = HopReader(config, ECHO["topic"], config.reply["topic"])
         stack.callback(hops.close)
         groups = {**self._kafka_groups(echo), "gunicorn master": [gw.pid], "workers": children(gw.pid)}
