@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                         quiet_wait_s=args.quiet_wait, retries=args.retries)
 
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # the floor's "task ran for 0.1 s" on a busy machine
     signal.signal(signal.SIGTERM, _terminate)
     began = time.monotonic()
     results: dict[Cell, CellResult] = {}

@@ -1,24 +1,24 @@
-"""Where a gateway worker's CPU goes: py-spy samples of one worker, under load or idle, grouped by layer.
+"""Where a gateway worker's CPU goes: CPU-time samples of the workers, under load or idle, grouped by layer.
 
-    python -m bench.profile --clients 64 --ppr 16        # a bench gateway cell, wrk at 64 clients
-    python -m bench.profile --idle                       # an idle worker of `./dev run` (default settings)
+    python -m bench.profile --clients 64 --ppr 16        # a bench gateway cell (fresh broker, echo), wrk at 64
+    python -m bench.profile --idle                       # idle workers with the shipped conf/gateway.toml
 
-Needs py-spy (``pip install py-spy``; not a dependency). Writes the collapsed stacks (``*.txt``: open in
-speedscope.app or feed to flamegraph.pl) and prints, per layer, the share of the worker's samples and, under
-load, CPU ms per request (the worker's /proc CPU over the window × the share ÷ the requests it served, assuming
-the two workers split the load evenly, which their accept loop does within a few %).
+The workers run the shipped gunicorn config plus a SIGPROF sampler (bench/gunicorn_cpuprof.conf.py,
+bench/cpuprof.py: why not py-spy is said there). Writes the collapsed stacks of both workers (``--out``: open
+in speedscope.app or feed to flamegraph.pl) and prints, per layer and per loop, the share of the samples and, under
+load, CPU ms per request (both workers' /proc CPU over the window × the share ÷ the requests wrk completed in it);
+idle, % of a core per worker.
 
-A sample is attributed by its leaf-most frame outside the standard library: kafka-python frames to the produce
-path when the stack holds ``kafka/producer/`` (``send`` and the sender loop), to the fetch path when it holds
-``kafka/consumer/`` (``poll``, fetcher, record parsing), else to the network client or the coordinator. The
-second table groups by loop: the root-most frame of the greenlet (or thread) the sample ran in.
+A sample is charged to the leaf-most frame outside the standard library: kafka-python frames to the produce path
+when the stack holds ``kafka/producer/`` (``send`` and the sender loop), to the fetch path when it holds
+``kafka/consumer/`` (``poll``, fetcher, record parsing), else to the network client or the coordinator. The second
+table groups by loop: the root-most frame of the greenlet (or thread) the sample ran in.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,6 +26,16 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import requests
+
+from gateway.broker import free_port
+from gateway.testing import ROOT, Process, base_env, metric_value, wait_until
+
+if TYPE_CHECKING:
+    from .run import Bench
+    from .stats import CellResult
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 LAYERS = [  # (layer, substring of the file path); first match of the leaf-most non-stdlib frame wins
@@ -106,9 +116,8 @@ def report(raw: str, cpu_pct: float, requests: int, window_s: float, title: str)
     layers, loops, leaves, total = summarize(raw)
     per_req = requests > 0
     cpu_ms_total = cpu_pct / 100 * window_s * 1000  # CPU ms the worker used in the window
-    head = (f"{title}: {total} samples; worker CPU {cpu_pct:.1f}% of a core"
-            + (f", {requests} requests served by this worker (est.), {cpu_ms_total / requests:.3f} ms CPU per "
-               "request" if per_req else ""))
+    head = (f"{title}: {total} samples over {window_s:.1f} s; workers' CPU {cpu_pct:.1f}% of a core"
+            + (f", {requests} requests, {cpu_ms_total / requests:.3f} ms CPU per request" if per_req else ""))
     out = [head, ""]
     for name, counter, limit in (("layer", layers, 20), ("loop (greenlet / thread root)", loops, 12),
                                  ("leaf function (self time)", leaves, 25)):
@@ -122,58 +131,107 @@ def report(raw: str, cpu_pct: float, requests: int, window_s: float, title: str)
     return "\n".join(out)
 
 
-def record(pid: int, seconds: float, out: Path, rate: int) -> None:
-    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    subprocess.run([pyspy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", str(rate), "--nonblocking",
-                    "--full-filenames", "--format", "raw", "-o", str(out)], check=True, capture_output=True,
-                   timeout=seconds + 60)
+def _gunicorn(stack: ExitStack, log_dir: Path, env: dict[str, str], prof_dir: Path) -> tuple[Process, str]:
+    port = free_port()
+    env = {**env, "PORT": str(port), "WEB_CONCURRENCY": "2", "GATEWAY_BIND": f"127.0.0.1:{port}",
+           "BENCH_CPUPROF_DIR": str(prof_dir)}
+    proc = Process("gunicorn-cpuprof", [sys.executable, "-m", "gunicorn", "-c",
+                                        str(ROOT / "bench" / "gunicorn_cpuprof.conf.py"), "gateway.wsgi:app"],
+                   env, log_dir)
+    stack.callback(proc.stop)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"gunicorn exited: {proc.log()[-2000:]}")
+        metrics = requests.get(url + "/metrics", timeout=5).text
+        partitions = metric_value(metrics, "gateway_reply_partitions_owned")
+        return (metric_value(metrics, "gateway_workers_ready") >= 2 and partitions > 0
+                and metric_value(metrics, "gateway_reply_partitions_read") == partitions)
+
+    wait_until(ready, 90, 0.3, "2 gateway workers ready, each reading only its own partitions")
+    return proc, url
+
+
+def sample(prof_dir: Path, workers: list[int], seconds: float) -> tuple[str, float, float]:
+    """Record for *seconds*; returns (collapsed stacks of all workers, their CPU % of a core, the window)."""
+    from .procstat import cpu_seconds
+
+    before = sum(cpu_seconds(w) for w in workers)
+    t0 = time.monotonic()
+    (prof_dir / "on").touch()
+    time.sleep(seconds)
+    (prof_dir / "on").unlink()
+    window = time.monotonic() - t0
+    cpu = 100 * (sum(cpu_seconds(w) for w in workers) - before) / window
+    (prof_dir / "dump").touch()
+    files = [prof_dir / f"{w}.txt" for w in workers]
+    wait_until(lambda: all(f.exists() for f in files), 30, 0.2, "workers' stacks written")
+    time.sleep(0.2)  # written in one call; let it land
+    return "".join(f.read_text() for f in files), cpu, window
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .procstat import children, cpu_seconds
+    from .procstat import children
     from .run import PATH, Bench, Settings
 
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--ppr", type=int, default=16, help="reply partitions per worker (16)")
-    parser.add_argument("--idle", action="store_true", help="profile an idle worker of `./dev run` instead")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds recorded (10)")
-    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second (200)")
+    parser.add_argument("--idle", action="store_true", help="idle workers, shipped conf/gateway.toml, instead")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds recorded (10; idle: 20)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "gateway-profile.txt")
     args = parser.parse_args(argv)
     bench = Bench(Settings())
-    with ExitStack() as stack:
-        if args.idle:
-            from .idle import dev_run, process_tree
-            dev, _ = stack.enter_context(dev_run(bench.log_dir))
-            time.sleep(10)  # settle: groups joined, start-up done
-            worker = process_tree(dev.pid)["worker1"][0]
-            before = cpu_seconds(worker)
-            record(worker, args.duration, args.out, args.rate)
-            cpu = 100 * (cpu_seconds(worker) - before) / args.duration
-            print(report(args.out.read_text(), cpu, 0, args.duration, f"idle worker {worker} (`./dev run`)"))
-        else:
-            gw, _, _ = bench.start_gateway(stack, args.ppr)
-            worker = children(gw.pid)[0]
-            load_s = args.duration + 4
-            result: dict[str, object] = {}
-            wrk = threading.Thread(target=lambda: result.update(r=bench.wrk.run(gw.url + PATH, args.clients, load_s)))
-            wrk.start()
-            time.sleep(2)  # warm
-            before = cpu_seconds(worker)
-            t0 = time.monotonic()
-            record(worker, args.duration, args.out, args.rate)
-            window = time.monotonic() - t0
-            cpu = 100 * (cpu_seconds(worker) - before) / window
-            wrk.join()
-            rps = result["r"].rps  # type: ignore[attr-defined]
-            served = int(rps * window / bench.s.workers)
-            print(report(args.out.read_text(), cpu, served, window,
-                         f"worker {worker} at {args.clients} clients, {args.ppr} reply partitions per worker, "
-                         f"{rps:.0f} req/s (both workers)"))
-    bench.close()
+    prof_dir = Path(tempfile.mkdtemp(prefix="bench-cpuprof-"))
+    try:
+        with ExitStack() as stack:
+            if args.idle:
+                raw, cpu, window, requests_done, title = _idle(stack, bench, prof_dir, args)
+            else:
+                config, _ = bench._kafka(stack, args.ppr * bench.s.workers)  # noqa: SLF001 - same package
+                bootstrap = config.kafka["bootstrap_servers"][0]
+                env = base_env(bootstrap, GATEWAY_CONFIG=str(bench.log_dir / "gateway.toml"))
+                proc, url = _gunicorn(stack, bench.log_dir, env, prof_dir)
+                workers = children(proc.pid)
+                result: dict[str, CellResult] = {}
+                load = threading.Thread(target=lambda: result.update(
+                    r=bench.wrk.run(url + PATH, args.clients, args.duration + 4)))
+                load.start()
+                time.sleep(2)  # warm
+                raw, cpu, window = sample(prof_dir, workers, args.duration)
+                load.join()
+                rps = result["r"].rps
+                requests_done = int(rps * window)
+                title = (f"both workers at {args.clients} clients, {args.ppr} reply partitions per worker, "
+                         f"{rps:.0f} req/s")
+    finally:
+        bench.close()
+    args.out.write_text(raw)
+    print(report(raw, cpu, requests_done, window, title))
     print(f"collapsed stacks: {args.out} (speedscope.app opens them)")
     return 0
+
+
+def _idle(stack: ExitStack, bench: Bench, prof_dir: Path, args: argparse.Namespace
+          ) -> tuple[str, float, float, int, str]:
+    from gateway.broker import EmbeddedBroker
+    from gateway.config import load_config
+    from gateway.kafka.admin import ensure_topics, wanted_topics
+
+    from .procstat import children
+
+    broker = EmbeddedBroker(log_path=bench.log_dir / "broker.log").start()
+    stack.callback(broker.stop)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PROMETHEUS_", "KAFKA_"))}
+    env.update(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, PYTHONUNBUFFERED="1")
+    config = load_config(ROOT / "conf" / "gateway.toml", env)
+    ensure_topics(config, wanted_topics(config))
+    proc, _ = _gunicorn(stack, bench.log_dir, env, prof_dir)
+    time.sleep(10)  # settle: groups joined, start-up done
+    duration = args.duration if args.duration != 10.0 else 20.0
+    raw, cpu, window = sample(prof_dir, children(proc.pid), duration)
+    return raw, cpu, window, 0, "both idle workers, shipped conf/gateway.toml (default settings)"
 
 
 if __name__ == "__main__":
