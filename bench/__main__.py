@@ -81,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "latest.md").write_text(text)
-    (args.out_dir / "latest.json").write_text(to_json(results, idle, setup))
+    other = max((r.cpu.get("other", 0.0) for r in results.values()), default=0.0)
+    title = (f"./dev bench: every cell on a fresh embedded broker, {settings.duration_s:g} s measured per cell; "
+             f"other work on the machine: up to {other:.0f}% of a core during a cell")
+    (args.out_dir / "latest.json").write_text(to_json(results, idle, setup, title))
     if results:
         png = plot([{"path": c.path, "ppr": c.ppr, "clients": c.clients, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
-                     "rps": r.rps} for c, r in results.items()], args.out_dir / "latest.png",
-                   f"./dev bench, every cell on a fresh embedded broker, {settings.duration_s:g} s per cell")
+                     "rps": r.rps} for c, r in results.items()], args.out_dir / "latest.png", title)
         print(f"plot: {png}")
     print(f"written to {args.out_dir}/latest.md and latest.json")
     for t in targets(results, idle, settings.other_limit_pct):

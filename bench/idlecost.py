@@ -4,9 +4,9 @@ For each fetch_max_wait_ms (default 10, 100, 500) and each loop shape, on a fres
 --partitions partitions and nothing written to it: one consumer process assigned to every partition (no group),
 polling; CPU of the consumer and of the broker over --duration s, from /proc. Shapes:
 
-* ``poll 200 ms``: ``consumer.poll(timeout_ms=200)`` in a plain thread (a service's loop);
-* ``gevent, poll 5 ms``: the gateway reply reader's loop (``reply.poll_interval_ms`` = 5) under gevent's monkey
-  patching, as in a gunicorn worker.
+* ``consumer.poll(timeout_ms=200)`` (a service's loop) or ``poll(timeout_ms=5)`` (the gateway reply reader's,
+  ``reply.poll_interval_ms`` = 5);
+* in a plain thread, or under gevent's monkey patching as in a gunicorn worker.
 
 Also the broker alone (no client), for reference.
 """
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from .procstat import CpuMeter
 
     log_dir = Path(tempfile.mkdtemp(prefix="bench-idlecost-"))
-    shapes = [("poll 200 ms", 200, "0"), ("gevent, poll 5 ms", 5, "1")]
+    shapes = [("thread, poll 200 ms", 200, "0"), ("thread, poll 5 ms", 5, "0"), ("gevent, poll 200 ms", 200, "1"),
+              ("gevent, poll 5 ms", 5, "1")]
     rows = ["| fetch_max_wait_ms | loop | consumer CPU % | broker CPU % |", "|---:|---|---:|---:|"]
 
     def run(wait: int | None, shape: tuple[str, int, str] | None) -> tuple[float, float, float]:

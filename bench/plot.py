@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,12 @@ def plot(cells: list[dict[str, Any]], out: Path, title: str = "") -> Path:
             ax.set_ylabel(what)
             ax.set_title(f"{what.split(',')[0].split(' (')[0]} — {where}" if where else what)
             ax.grid(True, which="both", alpha=0.3)
-            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ticks = sorted({c["clients"] for c in cells})
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         rps.legend(fontsize=8, loc="best")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(textwrap.fill(title, 150), fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

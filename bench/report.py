@@ -187,8 +187,8 @@ def markdown(results: dict[Cell, CellResult], idle: IdleResult | None, setup: st
     return "\n".join(lines)
 
 
-def to_json(results: dict[Cell, CellResult], idle: IdleResult | None, setup: str) -> str:
-    data: dict[str, Any] = {"setup": setup, "machine": machine(),
+def to_json(results: dict[Cell, CellResult], idle: IdleResult | None, setup: str, title: str = "") -> str:
+    data: dict[str, Any] = {"title": title, "setup": setup, "machine": machine(),
                             "cells": [{**asdict(c), **asdict(r)} for c, r in sorted(results.items(), key=_order)],
                             "idle": asdict(idle) if idle is not None else None}
     return json.dumps(data, indent=1)
