@@ -156,6 +156,10 @@ def table(results: dict[Cell, CellResult]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c, r in sorted(results.items(), key=_order):
         leg = f"{r.service_leg_p50_ms:.0f}" if r.service_leg_p50_ms is not None else "–"
+        if not r.requests:  # nothing completed in the window: no latency to speak of
+            rows.append(f"| {c.path} | {_ppr(c)} | {c.clients} | – | – | 0 | {r.errors} | {leg} | – | "
+                        f"{r.cpu.get('other', 0):.0f} |")
+            continue
         rows.append(f"| {c.path} | {_ppr(c)} | {c.clients} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.rps:.0f} | "
                     f"{r.errors} | {leg} | {ours_ms(r):.2f} | {r.cpu.get('other', 0):.0f} |")
     return "\n".join(rows)

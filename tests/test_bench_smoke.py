@@ -16,14 +16,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)  # ~40 s on a quiet machine; cells start slower on a loaded one
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
 def test_bench_smoke_run(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--clients", "2", "--ppr", "1", "--duration", "1", "--warmup", "0",
          "--quiet-wait", "0", "--retries", "0", "--idle-duration", "2", "--idle-settle", "1",
          "--out-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=170)
+        cwd=ROOT, capture_output=True, text=True, timeout=290)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "| path | reply partitions per reader | clients | p50 ms |" in out
