@@ -12,6 +12,7 @@ wire-protocol headers (``request_headers``), so the echo service cannot tell the
 """
 from __future__ import annotations
 
+import itertools
 import time
 from typing import TYPE_CHECKING
 
@@ -29,10 +30,11 @@ if TYPE_CHECKING:
 
 
 class FloorClient:
-    """A kafka-python requester assigned to one partition of its own reply topic."""
+    """A kafka-python requester reading every partition of its own reply topic (*reply_partitions*: the
+    partitions per reader the run compares at), replies asked round-robin over them."""
 
     def __init__(self, config: Config, svc: ServiceConfig, reply_topic: str, reply_partitions: int,
-                 partition: int = 0, path: str = "/echo/bench") -> None:
+                 path: str = "/echo/bench") -> None:
         k = config.kafka
         self.svc = svc
         self.path = path
@@ -45,11 +47,13 @@ class FloorClient:
             **config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
             fetch_max_wait_ms=k["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="latest",
             max_poll_records=2000)
-        tp = TopicPartition(reply_topic, partition)
-        self.consumer.assign([tp])
-        self.consumer.seek_to_end(tp)
-        self.consumer.position(tp)
-        self.reply_to = ReplyTo(reply_topic, partition, mint_reply_key(partition, reply_partitions))
+        tps = [TopicPartition(reply_topic, p) for p in range(reply_partitions)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            self.consumer.position(tp)
+        self.reply_to = itertools.cycle([ReplyTo(reply_topic, p, mint_reply_key(p, reply_partitions))
+                                         for p in range(reply_partitions)])
         self.tag = new_worker_tag()
         self._outstanding: dict[bytes, float] = {}
         self._sending = False  # replace each answered request with a new one
@@ -57,7 +61,7 @@ class FloorClient:
     def _send(self) -> None:
         cid = new_correlation_id(self.tag)
         deadline_ms = int(time.time() * 1000) + self.svc.timeout_ms
-        headers = request_headers(cid, self.reply_to, deadline_ms, "GET", self.path, "", None, ())
+        headers = request_headers(cid, next(self.reply_to), deadline_ms, "GET", self.path, "", None, ())
         self._outstanding[cid] = time.perf_counter()
         self.producer.send(self.svc.topic, value=b"", key=None, headers=headers)
 

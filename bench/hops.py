@@ -8,7 +8,9 @@ request record with its reply record by correlation id gives, per request,
 
 so ``end-to-end - service leg`` is the reply hop (echo's send -> broker -> reply reader's fetch) plus what the
 requester does around it (for the gateway: HTTP parsing, Flask, waking the request greenlet, writing the
-response). Read after the cell, from offsets taken before it: the measurement does not disturb the cell.
+response). Read after the cell, from offsets taken before it: the measurement does not disturb the cell. Records
+are paired by Spring's ``kafka_correlationId`` (raw bytes), which the gateway, the floor and the baseline all send
+and the echo service copies.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from kafka import KafkaConsumer, TopicPartition
 
-from gateway.protocol import H_CORRELATION_ID
+from gateway.protocol import H_SPRING_CORRELATION_ID
 
 from .stats import percentile
 
@@ -67,7 +69,7 @@ class HopReader:
                     if r.offset >= until[tp]:
                         todo.discard(tp)
                         break
-                    cid = next((v for k, v in r.headers or [] if k == H_CORRELATION_ID), None)
+                    cid = next((v for k, v in r.headers or [] if k == H_SPRING_CORRELATION_ID), None)
                     if cid is not None:
                         times[tp.topic][cid] = r.timestamp
                 if self.consumer.position(tp) >= until[tp]:

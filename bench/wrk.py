@@ -1,6 +1,7 @@
 """Drive an HTTP server with wrk (keep-alive connections, closed loop) and read its numbers via a Lua script."""
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import tempfile
@@ -45,7 +46,9 @@ class Wrk:
         self.script.write_text(_LUA)
 
     def argv(self, url: str, connections: int, duration_s: float) -> list[str]:
-        return [wrk_binary(), f"-t{min(self.threads, connections)}", f"-c{connections}", f"-d{duration_s:g}s",
+        """wrk takes whole seconds only: *duration_s* is rounded up."""
+        seconds = max(1, math.ceil(duration_s))
+        return [wrk_binary(), f"-t{min(self.threads, connections)}", f"-c{connections}", f"-d{seconds}s",
                 f"--timeout={self.timeout_s}s", "-s", str(self.script), url]
 
     def run(self, url: str, connections: int, duration_s: float) -> CellResult:
