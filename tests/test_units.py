@@ -132,12 +132,13 @@ def stream(req):  # noqa: ANN001, ANN201
 
 def _request(path: str, method: str = "GET", deadline_ms: int | None = None) -> list:
     cid = P.new_correlation_id(b"T" * 8)
-    headers = P.request_headers(cid, P.ReplyTo("r", 2, b"k"), deadline_ms or int(time.time() * 1000) + 5000,
-                                method, path.split("?")[0], path.partition("?")[2], None, [])
+    deadline_ms = deadline_ms or int(time.time() * 1000) + 5000
+    headers = P.request_headers(cid, P.ReplyTo("r", 2, b"k"), deadline_ms, method, path.split("?")[0],
+                                path.partition("?")[2], None, [])
     dest, replies = svc.handle(b"", headers)
     if dest is None:
         return []
-    assert dest == {"topic": "r", "partition": 2, "key": b"k"}
+    assert dest == {"topic": "r", "partition": 2, "key": b"k", "correlation_id": cid, "deadline_ms": deadline_ms}
     return [P.decode_reply(v, h) for h, v in replies]
 
 
