@@ -40,7 +40,7 @@ SESSION_SERVICES = {
     "replay": {"topic": "replay.requests", "methods": ["GET", "POST"], "content_types": ["*/*"], "timeout_ms": 20000},
     # tests/test_hostile_services.py (raw services that misbehave on purpose)
     "hostile": {"topic": "hostile.requests", "methods": ["GET", "POST"], "timeout_ms": 10000},
-    "unparsable": {"topic": "unparsable.requests", "methods": ["POST"], "timeout_ms": 15000},
+    "unparsable": {"topic": "unparsable.requests", "methods": ["GET", "POST"], "timeout_ms": 15000},
 }
 VARIANT_SECTIONS = {
     "async": {"partitions": 4, "retention_ms": 600000, "unknown_id_wait_ms": 2000},

@@ -132,7 +132,9 @@ class Runner:
 
     def _new_producer(self) -> KafkaProducer:
         return KafkaProducer(
-            **{"linger_ms": 0, "max_block_ms": 5000, **self.producer_kwargs},
+            # a short metadata age: a reply partition that is not there yet (the gateway re-creating its reply
+            # topic after an outage) is found within seconds while the reply is being resent
+            **{"linger_ms": 0, "max_block_ms": 5000, "metadata_max_age_ms": 5000, **self.producer_kwargs},
             **producer_settings(self.svc.acks, self.svc.enable_idempotence),
             # never auto-create the gateway's reply topic with the broker's default partition count: the
             # gateway's reply keys are minted for the configured count (the gateway re-creates it after an outage)
