@@ -81,6 +81,11 @@ class KafkaSchema(_Strict):
         metadata={"doc": "Idempotent producer: a retried send is written once. Needs acks=all. Turn it off for "
                          "brokers that cannot recover an idempotent producer after a restart (the embedded broker "
                          "cannot; the gateway then re-creates its producer, and requests in that moment get 503)."})
+    topic_check_interval_ms = fields.Integer(
+        load_default=10000, validate=validate.Range(min=1000),
+        metadata={"doc": "How often each worker re-reads its topics' ids (and re-creates missing topics): a topic "
+                         "deleted and re-created, or a broker that came back empty between two probes, is a new log; "
+                         "readers are repositioned once."})
     replication_factor = fields.Integer(
         load_default=None, allow_none=True, validate=validate.Range(min=1),
         metadata={"doc": "Replication factor of the topics the gateway creates (gateway topics, worker start, "

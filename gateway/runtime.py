@@ -50,6 +50,8 @@ class Gateway:
         self._broker_down_since: float | None = None
         self._probe: Any = None
         self._topics_unchecked = False     # a recovery could not learn the topic ids yet: retried by the probe
+        self._topic_ids: dict[str, str | None] = {}
+        self._next_topic_check = 0.0
         self._producer_replaced_at = 0.0
         # requests whose record the broker has not acknowledged yet: failed at once (503) if the broker goes away
         self._unacked: dict[bytes, Waiter] = {}
@@ -71,6 +73,7 @@ class Gateway:
         ids: dict[str, str | None] = {}
         try:
             actual = ensure_topics(self.config, {reply_topic: self.config.reply["partitions"]}, ids=ids)[reply_topic]
+            self._topic_ids.update(ids)
         except Exception as exc:  # noqa: BLE001 - the broker may be down at start; recovery recreates it
             log.error("could not ensure reply topic %s: %s", reply_topic, exc)
             actual = self.config.reply["partitions"]
@@ -88,6 +91,7 @@ class Gateway:
         self.reader.start(borrow_ms=self.config.reply["startup_wait_ms"])
         self.membership = GroupMembership(self.config, self.reader.set_target)
         self.membership.start()
+        self._next_topic_check = time.monotonic() + self.config.kafka["topic_check_interval_ms"] / 1000
         self._probe = supervise.Supervised("broker-probe", self._probe_broker).start()
         if wait_ready:  # until a partition is positioned (a borrowed one: well under a second)
             self.reader.positioned.wait(self.config.reply["startup_wait_ms"] / 1000)
@@ -166,9 +170,12 @@ class Gateway:
             self._replace_producer("the broker was unreachable")
         self._topics_unchecked = True
         for _ in range(10):
-            if self._check_topics():
+            if self._check_topics() is not None:
                 break
             gevent.sleep(0.5)
+        self._after_outage()
+
+    def _after_outage(self) -> None:
         try:
             self.producer._metadata.request_update()  # noqa: SLF001 - do not write into partitions that vanished
         except Exception:  # noqa: BLE001
@@ -184,9 +191,10 @@ class Gateway:
             except Exception:  # noqa: BLE001
                 log.exception("recovery hook %r failed", hook)
 
-    def _check_topics(self) -> bool:
-        """Re-create missing topics and compare the reply topic's id with the one the reader positioned in.
-        False if the broker could not answer (the probe tries again every second)."""
+    def _check_topics(self) -> bool | None:
+        """Re-create missing topics and compare every topic's id with the last one seen (the reply topic's with
+        the one the reader positioned in). Returns whether some topic is a new log, or None if the broker could
+        not answer (the probe tries again every second)."""
         from .kafka.admin import ensure_topics, wanted_topics
 
         ids: dict[str, str | None] = {}
@@ -194,7 +202,7 @@ class Gateway:
             actual = ensure_topics(self.config, wanted_topics(self.config), ids=ids)
         except Exception as exc:  # noqa: BLE001 - the broker may still be starting
             log.warning("re-creating topics / reading topic ids failed (%s); retrying", exc)
-            return False
+            return None
         self._topics_unchecked = False
         reply_topic = self.config.reply["topic"]
         n = actual.get(reply_topic)
@@ -205,8 +213,21 @@ class Gateway:
                       "re-create it with reply.partitions when convenient", reply_topic, n,
                       self.router.num_partitions, n)
             self.reader.request_resize(n)
-        self.reader.check_incarnation(ids.get(reply_topic))
-        return True
+        recreated = {t for t, tid in ids.items() if tid is not None and self._topic_ids.get(t) not in (None, tid)}
+        self._topic_ids.update({t: tid for t, tid in ids.items() if tid is not None})
+        return self.reader.check_incarnation(ids.get(reply_topic)) or bool(recreated)
+
+    def _check_topics_now(self) -> None:
+        """The probe's periodic check (``kafka.topic_check_interval_ms``): a broker that restarted between two
+        probes (or topics deleted and re-created by hand) is only seen here. Re-created topics get what a
+        recovery does."""
+        changed = self._check_topics()
+        if changed:
+            log.error("topics were re-created without an outage this worker saw (a broker restarted between two "
+                      "probes?); recovering")
+            if self.config.kafka["enable_idempotence"]:
+                self._replace_producer("topics were re-created")
+            self._after_outage()
 
     def _new_producer(self) -> Any:
         from kafka import KafkaProducer
@@ -258,8 +279,10 @@ class Gateway:
                 except OSError:
                     continue
             self._mark_broker(up)
-            if up and self._topics_unchecked and self._broker_down_since is None:
-                self._check_topics()
+            if up and self._broker_down_since is None and (self._topics_unchecked
+                                                           or time.monotonic() >= self._next_topic_check):
+                self._next_topic_check = time.monotonic() + self.config.kafka["topic_check_interval_ms"] / 1000
+                self._check_topics_now()
             gevent.sleep(1)
 
     # -- request path ----------------------------------------------------------------------------------------
