@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import InvalidRecordError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+from kafka.errors import (
+    CommitFailedError,
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from .. import protocol as P
@@ -164,7 +170,7 @@ class Runner:
             while not svc._stop.is_set():  # noqa: SLF001
                 try:
                     if self.to_commit:
-                        self._commit()
+                        self._retry_commit()
                     self._maybe_check_topic()
                     batches = self.unreadable.poll(self.consumer, 200)
                     if self.consumer.assignment():
@@ -209,9 +215,25 @@ class Runner:
         self.stats["invalid"] += resume - first
         self.to_commit[tp] = OffsetAndMetadata(resume, "", -1)   # do not stop on them again after a restart
 
+    def _retry_commit(self) -> None:
+        """A commit that failed before, tried again without holding up the poll: only polling lets kafka-python
+        rejoin a group that dropped this member."""
+        try:
+            self._commit()
+        except Exception as exc:  # noqa: BLE001 - broker or coordinator away: next round
+            log.debug("%s: commit retry failed: %s", self.svc.name, exc)
+
     def _commit(self) -> None:
         offsets = dict(self.to_commit)
-        self.consumer.commit(offsets)
+        try:
+            self.consumer.commit(offsets)
+        except CommitFailedError:
+            # the group moved on without this member (rebalance, or a broker that forgot the group): the offsets
+            # are not ours to commit any more; the rejoin positions from the group's committed offsets
+            log.warning("%s: commit refused by the group (this member was dropped); its partitions are read again "
+                        "from the group's committed offsets", self.svc.name)
+            self.to_commit.clear()
+            raise
         for tp, om in offsets.items():
             if self.to_commit.get(tp) == om:
                 del self.to_commit[tp]
