@@ -295,3 +295,15 @@ def test_sdk_resends_a_reply_it_could_not_send_and_never_runs_the_handler_again(
     assert json.loads(got[0].body) == {"token": token}
     assert svc.executions[token] == 1                                         # type: ignore[attr-defined]
     assert svc.stats["unsent"] == 0
+
+
+def test_pending_gauge_is_per_worker_and_back_to_zero(gateway: Any, hostile_service: None) -> None:
+    """``gateway_pending`` (what ``no_leaks`` reads) is the pending table's own size, one sample per worker."""
+    import re
+
+    for _ in range(10):
+        assert requests.get(gateway.url + "/hostile/crlf-header", headers={"Connection": "close"},
+                            timeout=15).status_code == 502
+    text = gateway.metrics()
+    pids = set(re.findall(r'^gateway_pending\{pid="(\d+)"\} ', text, re.M))
+    assert len(pids) >= 1 and metric_value(text, "gateway_pending") == 0, text[:2000]
