@@ -81,7 +81,7 @@ def hostile_service(gateway: Any, broker: Any) -> Iterator[None]:
 
     def serve() -> None:
         consumer = KafkaConsumer("hostile.requests", bootstrap_servers=broker.bootstrap, group_id="hostile-svc",
-                                 auto_offset_reset="latest", fetch_max_wait_ms=10, session_timeout_ms=3000,
+                                 auto_offset_reset="latest", fetch_max_wait_ms=50, session_timeout_ms=3000,
                                  heartbeat_interval_ms=1000)
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
         try:
@@ -183,7 +183,7 @@ def test_unparsable_record_on_every_reply_partition_is_skipped(gateway: Any, bro
 @pytest.fixture(scope="module")
 def unparsable_service(gateway: Any, broker: Any) -> Iterator[Responder]:
     svc = Responder("unparsable", topic="unparsable.requests", bootstrap_servers=broker.bootstrap,
-                    session_timeout_ms=3000, reply_retry_ms=20000)
+                    session_timeout_ms=3000, fetch_max_wait_ms=50, reply_retry_ms=20000)
     svc.executions = {}  # type: ignore[attr-defined]
 
     @svc.route("POST", "/unparsable/<token>")

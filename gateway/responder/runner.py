@@ -202,6 +202,8 @@ class Runner:
             log.info("%s stopped: %s", svc.name, self.stats)
 
     def _replace_consumer(self) -> None:
+        if self.to_commit:
+            self._retry_commit()           # what was answered stays answered: not read (and run) again
         old, self.consumer = self.consumer, None
         try:
             old.close(autocommit=False)
