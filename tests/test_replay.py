@@ -87,8 +87,8 @@ def _through_gateway(gateway: Any, replay: Replay) -> list[str]:
 
     # many clients at once: the gateway's producer then also packs several requests per batch
     with ThreadPoolExecutor(24) as pool:
-        list(pool.map(one, range(400)))
-        list(pool.map(stream, range(40)))
+        list(pool.map(one, range(200)))
+        list(pool.map(stream, range(20)))
     return problems
 
 
@@ -102,7 +102,7 @@ def _raw_batches(bootstrap: str, replay: Replay) -> list[str]:
     ensure_topics(parse_config(make_config(bootstrap, {"x": {"topic": TOPIC}})), {reply_topic: 2})
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, batch_size=65536)
     tokens = []
-    for i in range(300):
+    for i in range(200):
         token = f"raw-{i}-{uuid.uuid4().hex[:8]}"
         tokens.append(token)
         replay.sent.append(token)
@@ -177,7 +177,7 @@ def test_after_a_minute_idle_no_request_was_executed_twice(replay: Replay, repla
         executions = dict(replay.executions)
     twice = {t: n for t, n in executions.items() if n > 1}
     assert twice == {}, f"executed more than once: {len(twice)} requests, e.g. {list(twice.items())[:5]}"
-    assert sum(executions.values()) == len(replay.sent) == len(set(replay.sent)) >= 746
+    assert sum(executions.values()) == len(replay.sent) == len(set(replay.sent)) >= 426
     assert set(executions) == set(replay.sent)
     # the re-created-topic check really ran while idle (every 5 s), and never moved a position
     assert stats.get("topic_checks", 0) >= IDLE_S // 5 - 4, stats
