@@ -257,10 +257,11 @@ class Gateway:
                 log.debug("closing the replaced producer failed", exc_info=True)
         gevent.spawn(close)
 
-    def _on_producer_error(self, exc: BaseException) -> None:
+    def _on_producer_error(self, producer: Any, exc: BaseException) -> None:
         from .kafka import is_fatal_producer_error
 
-        if (is_fatal_producer_error(exc) and self.config.kafka["enable_idempotence"]
+        # only the producer in use: records of one already replaced fail as it closes, that says nothing new
+        if (producer is self.producer and is_fatal_producer_error(exc) and self.config.kafka["enable_idempotence"]
                 and time.monotonic() - self._producer_replaced_at > 1.0):
             self._replace_producer(f"{type(exc).__name__}: {exc}")
 
@@ -311,12 +312,13 @@ class Gateway:
         self.pending.register(waiter)
         headers = request_headers(correlation_id, ReplyTo(self.config.reply["topic"], partition, reply_key),
                                   deadline_ms, method, path, query, content_type, http_headers)
+        producer = self.producer
         try:
-            future = self.producer.send(svc.topic, value=body, key=key, headers=headers)
+            future = producer.send(svc.topic, value=body, key=key, headers=headers)
         except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError (metadata / full buffer), closed producer
             self.pending.remove(correlation_id)
             metrics.PRODUCE_ERRORS.labels(svc.name).inc()
-            self._on_producer_error(exc)
+            self._on_producer_error(producer, exc)
             raise BrokerUnavailable(f"could not hand the request to Kafka: {type(exc).__name__}") from None
 
         def on_error(exc: BaseException) -> None:
@@ -324,7 +326,7 @@ class Gateway:
             metrics.PRODUCE_ERRORS.labels(svc.name).inc()
             log.warning("request %s to %s not delivered: %s", correlation_id.hex(), svc.topic, exc)
             waiter.fail(BrokerUnavailable(f"Kafka did not accept the request: {type(exc).__name__}"))
-            self._on_producer_error(exc)
+            self._on_producer_error(producer, exc)
 
         self._unacked[correlation_id] = waiter
         future.add_callback(lambda _: self._unacked.pop(correlation_id, None))

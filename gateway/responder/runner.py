@@ -26,7 +26,6 @@ At-least-once, and never a request executed twice because of this loop:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -123,7 +122,7 @@ class Runner:
         self.topic_id: str | None = None
         self._next_topic_check = 0.0
         self._producer_replaced_at = 0.0
-        self._lock = threading.Lock()
+        self._topics_seen: dict[str, float] = {}    # topic -> until when it is known to exist
         self.unreadable = SkipUnreadable(self.consumer_kwargs, self._skipped, f"{svc.name} ({svc.topic})")
 
     # -- clients ------------------------------------------------------------------------------------------------
@@ -357,9 +356,30 @@ class Runner:
             self.stats["unsent"] += 1
             s.settled = True                   # nobody waits any more (or nothing could ever send it)
             return
-        self.stats["resent"] += 1
         s.retry_at = time.time() + min(1.0, 0.05 * 2 ** min(s.attempts, 5))
+        if not self._topic_exists(s.topic):
+            # not (yet) re-created by the gateway after an outage: a send would make some brokers (the embedded
+            # one) auto-create it with their default partition count, under the gateway's feet
+            s.error = exc
+            return
+        self.stats["resent"] += 1
         self._send(s)
+
+    def _topic_exists(self, topic: str) -> bool:
+        """Asked with a describe (which never creates a topic); a positive answer is kept for a few seconds."""
+        if self._topics_seen.get(topic, 0.0) > time.monotonic():
+            return True
+        try:
+            if self._admin is None:
+                self._admin = KafkaAdminClient(**self.admin_kwargs)
+            exists = any(not d.get("error_code") and d.get("partitions") for d in self._admin.describe_topics([topic]))
+        except Exception as exc:  # noqa: BLE001 - broker away: not now
+            log.debug("describing %s failed: %s", topic, exc)
+            self._close_admin()
+            return False
+        if exists:
+            self._topics_seen[topic] = time.monotonic() + 5
+        return exists
 
     def _to_error_reply(self, s: Send, exc: BaseException) -> None:
         import json
