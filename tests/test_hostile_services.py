@@ -277,11 +277,18 @@ def test_sdk_resends_a_reply_it_could_not_send_and_never_runs_the_handler_again(
         wait_until(lambda: svc.stats["resent"] >= resent_before + 2, 20, 0.1, "the failed reply was resent")
         assert (probe.committed(tp) or 0) <= meta.offset          # not committed: not answered yet
         admin.delete_topics([reply_topic])
-        wait_until(lambda: reply_topic not in admin.list_topics(), 10, 0.2, "reply topic deleted")
-        try:
-            admin.create_topics([NewTopic(reply_topic, 4, 1)])
-        except Exception:  # noqa: BLE001 - the embedded broker may have auto-created it (4 partitions) meanwhile
-            pass
+
+        def back_with_4_partitions() -> bool:
+            # the embedded broker may auto-create it (4 partitions) on a client's metadata request meanwhile
+            (desc,) = admin.describe_topics([reply_topic])
+            if desc.get("error_code") or not desc["partitions"]:
+                try:
+                    admin.create_topics([NewTopic(reply_topic, 4, 1)])
+                except Exception:  # noqa: BLE001 - deletion not finished yet, or someone was first
+                    pass
+                return False
+            return len(desc["partitions"]) >= 4
+        wait_until(back_with_4_partitions, 30, 0.2, "reply topic back with 4 partitions")
         wait_until(lambda: (probe.committed(tp) or 0) > meta.offset, 40, 0.2, "committed once the reply was sent")
     finally:
         probe.close(autocommit=False)
