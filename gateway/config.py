@@ -72,8 +72,29 @@ class KafkaSchema(_Strict):
                                          metadata={"doc": "Metadata refresh period."})
     linger_ms = fields.Integer(load_default=0, validate=validate.Range(min=0, max=1000),
                                metadata={"doc": "Producer linger; 0 sends at once (lowest latency)."})
-    acks = fields.Raw(load_default=1, validate=validate.OneOf([0, 1, -1, "all"]),
-                      metadata={"doc": "Producer acks for request records: 0, 1 or all."})
+    acks = fields.Raw(load_default="all", validate=validate.OneOf([0, 1, -1, "all"]),
+                      metadata={"doc": "Producer acks for request records: all (the record is on every in-sync "
+                                       "replica before the request counts as sent), 1 or 0 (faster, lost with a "
+                                       "broker)."})
+    enable_idempotence = fields.Boolean(
+        load_default=True,
+        metadata={"doc": "Idempotent producer: a retried send is written once. Needs acks=all. Turn it off for "
+                         "brokers that cannot recover an idempotent producer after a restart (the embedded broker "
+                         "cannot; the gateway then re-creates its producer, and requests in that moment get 503)."})
+    topic_check_interval_ms = fields.Integer(
+        load_default=10000, validate=validate.Range(min=1000),
+        metadata={"doc": "How often each worker re-reads its topics' ids (and re-creates missing topics): a topic "
+                         "deleted and re-created, or a broker that came back empty between two probes, is a new log; "
+                         "readers are repositioned once."})
+    replication_factor = fields.Integer(
+        load_default=None, allow_none=True, validate=validate.Range(min=1),
+        metadata={"doc": "Replication factor of the topics the gateway creates (gateway topics, worker start, "
+                         "recovery). Unset: the smaller of 3 and the number of brokers."})
+    min_insync_replicas = fields.Integer(
+        load_default=None, allow_none=True, validate=validate.Range(min=1),
+        metadata={"doc": "min.insync.replicas of the topics the gateway creates. Unset: 2 when the replication "
+                         "factor is at least 3 (a write survives the loss of one broker, and writes go on while one "
+                         "is down), else 1."})
     compression_type = fields.String(load_default=None, allow_none=True,
                                      validate=validate.OneOf(["gzip", "snappy", "lz4", "zstd"]),
                                      metadata={"doc": "Producer compression (none by default)."})
@@ -85,6 +106,13 @@ class KafkaSchema(_Strict):
                 f"heartbeat_interval_ms ({data['heartbeat_interval_ms']}) must be at most half of session_timeout_ms "
                 f"({data['session_timeout_ms']}); lower the heartbeat or raise the session timeout",
                 "heartbeat_interval_ms")
+        if data["enable_idempotence"] and data["acks"] not in (-1, "all"):
+            raise ValidationError(f"enable_idempotence needs acks = \"all\" (acks is {data['acks']!r}); set acks to "
+                                  "\"all\" or enable_idempotence to false", "enable_idempotence")
+        rf, isr = data.get("replication_factor"), data.get("min_insync_replicas")
+        if rf is not None and isr is not None and isr > rf:
+            raise ValidationError(f"min_insync_replicas ({isr}) cannot exceed replication_factor ({rf}): no write "
+                                  "could ever succeed with acks=all", "min_insync_replicas")
         if data["security_protocol"].startswith("SASL") and not data.get("sasl_mechanism"):
             raise ValidationError(f"security_protocol {data['security_protocol']} needs sasl_mechanism "
                                   "(PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)", "sasl_mechanism")

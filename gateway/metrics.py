@@ -29,6 +29,8 @@ LATENCY = Histogram("gateway_request_duration_seconds", "Time from HTTP request 
 TIMEOUTS = Counter("gateway_reply_timeouts_total", "Requests answered 504 because no reply came in time",
                    ["service"])
 IN_FLIGHT = Gauge("gateway_in_flight", "Requests waiting for a reply", ["service"], multiprocess_mode="livesum")
+# per worker (a pid label each): the pending table itself, so a waiter nobody removes shows as a leak
+PENDING = Gauge("gateway_pending", "Entries in this worker's pending-reply table", multiprocess_mode="liveall")
 REPLIES = Counter("gateway_replies_total",
                   "Reply records read, by outcome: delivered, late (nobody waits), duplicate, foreign (another "
                   "worker's, read during a partition handover), invalid (breaks the wire protocol)", ["outcome"])

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import collections
 import enum
+import logging
 from typing import TYPE_CHECKING, Callable
 
 from gevent.event import Event
 
-from .errors import TooManyInFlight
+from . import metrics
+from .errors import BadGateway, TooManyInFlight
 
 if TYPE_CHECKING:
     from .protocol import Reply
+
+log = logging.getLogger(__name__)
 
 
 class Outcome(enum.Enum):
@@ -23,6 +27,7 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"   # a second reply for a correlation id already answered
     LATE = "late"             # ours, but nobody waits any more (timed out, client gone)
     FOREIGN = "foreign"       # another worker's request (partition handover); that worker reads it too
+    INVALID = "invalid"       # unusable (breaks the wire protocol, or handling it failed): its waiter got a 502
 
 
 class Waiter:
@@ -105,12 +110,14 @@ class PendingTable:
                                   "retry shortly")
         self._waiters[waiter.correlation_id] = waiter
         self._per_partition[waiter.partition] += 1
+        metrics.PENDING.set(len(self._waiters))
 
     def remove(self, correlation_id: bytes, answered: bool = False) -> Waiter | None:
         """Drop an entry (answered, timed out or abandoned). Only answered ids are remembered, so that a second
         reply for them counts as a duplicate while a reply after a timeout counts as late."""
         waiter = self._waiters.pop(correlation_id, None)
         if waiter is not None:
+            metrics.PENDING.set(len(self._waiters))
             p = waiter.partition
             self._per_partition[p] -= 1
             if self._per_partition[p] <= 0:
@@ -124,12 +131,34 @@ class PendingTable:
     def resolve(self, reply: Reply) -> Outcome:
         waiter = self._waiters.get(reply.correlation_id)
         if waiter is None:
-            if not reply.correlation_id.startswith(self.worker_tag):
-                return Outcome.FOREIGN
-            return Outcome.DUPLICATE if reply.correlation_id in self._finished else Outcome.LATE
-        if waiter.deliver(reply):
+            return self._unknown(reply.correlation_id)
+        try:
+            done = waiter.deliver(reply)
+        except Exception as exc:  # noqa: BLE001 - e.g. a reply a websocket cannot encode: fail THIS request only
+            log.exception("delivering the reply for %s failed", reply.correlation_id.hex())
+            self.fail(reply.correlation_id, BadGateway(f"the gateway could not pass the service's reply on: "
+                                                       f"{type(exc).__name__}"))
+            return Outcome.INVALID
+        if done:
             self.remove(reply.correlation_id, answered=True)
         return Outcome.DELIVERED
+
+    def fail(self, correlation_id: bytes, error: BaseException) -> Outcome:
+        """Answer a request with *error* now (e.g. a 502 for a reply that breaks the wire protocol). A later reply
+        for it counts as a duplicate. Returns what the id was to this table (INVALID when a waiter got it)."""
+        waiter = self.remove(correlation_id, answered=True)
+        if waiter is None:
+            return self._unknown(correlation_id)
+        try:
+            waiter.fail(error)
+        except Exception:  # noqa: BLE001 - a failing error callback must not take the reader down
+            log.exception("failing the waiter for %s failed", correlation_id.hex())
+        return Outcome.INVALID
+
+    def _unknown(self, correlation_id: bytes) -> Outcome:
+        if not correlation_id.startswith(self.worker_tag):
+            return Outcome.FOREIGN
+        return Outcome.DUPLICATE if correlation_id in self._finished else Outcome.LATE
 
     def pending_on(self, partition: int) -> int:
         return self._per_partition.get(partition, 0)

@@ -10,6 +10,7 @@ Spring for Apache Kafka's request-reply headers are set as well, in Spring's enc
 """
 from __future__ import annotations
 
+import re
 import secrets
 import struct
 from dataclasses import dataclass, field
@@ -110,7 +111,21 @@ class Reply:
 
 
 class ProtocolError(ValueError):
-    """A record that does not follow the wire contract."""
+    """A record that does not follow the wire contract. ``correlation_id`` is set when the record still says which
+    request it answers: that request is failed at once (502) instead of waiting for its deadline."""
+
+    def __init__(self, message: str, correlation_id: bytes | None = None) -> None:
+        super().__init__(message)
+        self.correlation_id = correlation_id
+
+
+# each used with fullmatch (a "$" would let a trailing newline through)
+_STATUS_RE = re.compile(rb"[0-9]{3}")                  # int() alone would also take b" 2_00 "
+_SEQ_RE = re.compile(rb"[0-9]{1,18}")
+_HEX_RE = re.compile(rb"(?:[0-9a-fA-F]{2})+")
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP field name (RFC 9110 token)
+_CONTROL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")   # CR, LF, NUL...: never in a field value (HTAB may be)
+NO_BODY_STATUSES = (204, 304)
 
 
 def _header(headers: Sequence[tuple[str, bytes | None]], name: str) -> bytes | None:
@@ -120,48 +135,65 @@ def _header(headers: Sequence[tuple[str, bytes | None]], name: str) -> bytes | N
     return None
 
 
+def reply_correlation_id(headers: Sequence[tuple[str, bytes | None]]) -> bytes | None:
+    """The request a reply answers: ``gateway-correlation-id`` (hex), else Spring's raw ``kafka_correlationId``.
+    None when neither is usable."""
+    hexed = _header(headers, H_CORRELATION_ID)
+    if hexed and _HEX_RE.fullmatch(hexed):
+        return bytes.fromhex(hexed.decode("ascii"))
+    return _header(headers, H_SPRING_CORRELATION_ID) or None
+
+
+def _field_value(name: str, v: bytes, corr: bytes) -> str:
+    if _CONTROL_RE.search(v):
+        raise ProtocolError(f"{name} holds a control character (CR, LF, NUL, ...): not a valid HTTP field value",
+                            corr)
+    return v.decode("latin-1")
+
+
 def decode_reply(value: bytes | None, headers: Sequence[tuple[str, bytes | None]],
                  partition: int = -1, offset: int = -1) -> Reply:
-    """Decode a reply record; the correlation id is ``gateway-correlation-id`` (hex) or Spring's raw bytes."""
-    corr: bytes | None = None
+    """Decode and validate a reply record; the correlation id is ``gateway-correlation-id`` (hex) or Spring's raw
+    bytes. Anything the gateway could not turn into a valid HTTP response (a 1xx or garbage status, CR/LF or other
+    control characters in a header value or the content type, a header name that is not an HTTP token) raises
+    :class:`ProtocolError` carrying the correlation id, so the caller can answer 502 at once."""
+    corr = reply_correlation_id(headers)
+    hexed = _header(headers, H_CORRELATION_ID)
+    if hexed and not _HEX_RE.fullmatch(hexed):
+        raise ProtocolError(f"{H_CORRELATION_ID} is not hex", corr)     # corr: Spring's form, if it came too
+    if not corr:
+        raise ProtocolError("reply has no correlation id header")
     status = 200
     content_type = None
     http: list[tuple[str, str]] = []
     seq = None
     stream = None
-    spring_corr = None
     for k, v in headers:
         if v is None:
             continue
-        if k == H_CORRELATION_ID:
-            try:
-                corr = bytes.fromhex(v.decode("ascii"))
-            except (UnicodeDecodeError, ValueError):
-                raise ProtocolError(f"{H_CORRELATION_ID} is not hex") from None
-        elif k == H_SPRING_CORRELATION_ID:
-            spring_corr = v
-        elif k == H_STATUS:
-            try:
-                status = int(v)
-            except ValueError:
-                raise ProtocolError(f"{H_STATUS} {v!r} is not a number") from None
-            if not 100 <= status <= 599:
-                raise ProtocolError(f"{H_STATUS} {status} is not an HTTP status")
+        if k == H_STATUS:
+            if not _STATUS_RE.fullmatch(v):
+                raise ProtocolError(f"{H_STATUS} {v[:20]!r} is not a three-digit HTTP status", corr)
+            status = int(v)
+            if not 200 <= status <= 599:
+                raise ProtocolError(f"{H_STATUS} {status} is not a final HTTP status (200-599)", corr)
         elif k == H_CONTENT_TYPE:
-            content_type = v.decode("latin-1")
+            content_type = _field_value(H_CONTENT_TYPE, v, corr)
         elif k.startswith(HTTP_HEADER_PREFIX):
-            http.append((k[len(HTTP_HEADER_PREFIX):], v.decode("latin-1")))
+            name = k[len(HTTP_HEADER_PREFIX):]
+            if not _TOKEN_RE.fullmatch(name):
+                raise ProtocolError(f"reply header {k!r}: {name!r} is not an HTTP field name", corr)
+            http.append((name, _field_value(k, v, corr)))
         elif k == H_SEQ:
-            try:
-                seq = int(v)
-            except ValueError:
-                raise ProtocolError(f"{H_SEQ} {v!r} is not a number") from None
+            if not _SEQ_RE.fullmatch(v):
+                raise ProtocolError(f"{H_SEQ} {v[:20]!r} is not a number", corr)
+            seq = int(v)
         elif k == H_STREAM:
             stream = v.decode("ascii", "replace")
-    corr = corr or spring_corr
-    if not corr:
-        raise ProtocolError("reply has no correlation id header")
-    return Reply(corr, status, value or b"", content_type, http, seq, stream, partition, offset)
+    body = value or b""
+    if status in NO_BODY_STATUSES:
+        body = b""          # HTTP forbids a body here; a service's stray bytes must not corrupt the connection
+    return Reply(corr, status, body, content_type, http, seq, stream, partition, offset)
 
 
 def reply_headers(correlation_id: bytes, status: int = 200, content_type: str | None = "application/json",

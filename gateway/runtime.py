@@ -11,7 +11,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
-from . import metrics
+from . import metrics, supervise
 from .errors import BrokerUnavailable, GatewayError, NotReady, ReplyTimeout
 from .pending import OneShot, PendingTable, Waiter
 from .protocol import ReplyTo, new_correlation_id, new_worker_tag, request_headers
@@ -48,7 +48,11 @@ class Gateway:
         self.started = False
         self.stopping = False
         self._broker_down_since: float | None = None
-        self._probe = None
+        self._probe: Any = None
+        self._topics_unchecked = False     # a recovery could not learn the topic ids yet: retried by the probe
+        self._topic_ids: dict[str, str | None] = {}
+        self._next_topic_check = 0.0
+        self._producer_replaced_at = 0.0
         # requests whose record the broker has not acknowledged yet: failed at once (503) if the broker goes away
         self._unacked: dict[bytes, Waiter] = {}
         # called after a broker outage, once topics are re-created (the variants' tails re-position there)
@@ -61,16 +65,15 @@ class Gateway:
         if self.started:
             return self.ready
         self.started = True
-        import gevent
-        from kafka import KafkaProducer
-
         from .kafka.admin import ensure_topics
         from .kafka.replies import GroupMembership, ReplyReader
 
         reply_topic = self.config.reply["topic"]
         t0 = time.monotonic()
+        ids: dict[str, str | None] = {}
         try:
-            actual = ensure_topics(self.config, {reply_topic: self.config.reply["partitions"]})[reply_topic]
+            actual = ensure_topics(self.config, {reply_topic: self.config.reply["partitions"]}, ids=ids)[reply_topic]
+            self._topic_ids.update(ids)
         except Exception as exc:  # noqa: BLE001 - the broker may be down at start; recovery recreates it
             log.error("could not ensure reply topic %s: %s", reply_topic, exc)
             actual = self.config.reply["partitions"]
@@ -80,19 +83,16 @@ class Gateway:
         self.router = ReplyRouter(actual)
         t_topics = time.monotonic() - t0
 
-        k = self.config.kafka
-        self.producer = KafkaProducer(
-            **self.config.kafka_client_kwargs(), acks=k["acks"], linger_ms=k["linger_ms"],
-            enable_idempotence=False, max_block_ms=k["max_block_ms"],
-            compression_type=k["compression_type"], retries=3, allow_auto_create_topics=False,
-            delivery_timeout_ms=max(k["request_timeout_ms"] * 2, 10000),
-            max_request_size=max(1048576, self.config.limits["max_body_bytes"] + 65536))
+        self.producer = self._new_producer()
         t_producer = time.monotonic() - t0
-        self.reader = ReplyReader(self.config, self.pending, self.router)
+        # the id read before the reader positions: its positions belong to this incarnation (or a later one,
+        # which the next check after an outage then rewinds once more: never a stale position kept)
+        self.reader = ReplyReader(self.config, self.pending, self.router, topic_id=ids.get(reply_topic))
         self.reader.start(borrow_ms=self.config.reply["startup_wait_ms"])
         self.membership = GroupMembership(self.config, self.reader.set_target)
         self.membership.start()
-        self._probe = gevent.spawn(self._probe_broker)
+        self._next_topic_check = time.monotonic() + self.config.kafka["topic_check_interval_ms"] / 1000
+        self._probe = supervise.Supervised("broker-probe", self._probe_broker).start()
         if wait_ready:  # until a partition is positioned (a borrowed one: well under a second)
             self.reader.positioned.wait(self.config.reply["startup_wait_ms"] / 1000)
         ready = self.ready
@@ -114,7 +114,7 @@ class Gateway:
         if not self.started:
             return
         if self._probe is not None:
-            self._probe.kill(block=False)
+            self._probe.stop(timeout_s=0)
         quick = not self.broker_up  # nothing to say goodbye to: do not wait for a broker that is gone
         self.membership.stop(timeout_ms=300 if quick else 3000)
         self.reader.stop(timeout_ms=300 if quick else 2000)
@@ -131,13 +131,14 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        """Serving, broker reachable, and minting on an assigned partition (or on a borrowed one while the
-        group has had less than reply.startup_wait_ms to assign one)."""
+        """Serving, broker reachable, every long-lived loop running (``gateway.supervise``), and minting on an
+        assigned partition (or on a borrowed one while the group has had less than reply.startup_wait_ms to
+        assign one)."""
         return (self.started and not self.stopping and self.broker_up and bool(self.router.owned)
-                and not self.reader.borrowing_expired)
+                and not self.reader.borrowing_expired and supervise.all_healthy())
 
     def readiness(self) -> dict[str, Any]:
-        return {"ready": self.ready, "started": self.started, "stopping": self.stopping,
+        return {"ready": self.ready, "started": self.started, "stopping": self.stopping, "loops": supervise.health(),
                 "broker_up": self.broker_up, "owned_partitions": sorted(self.reader.owned) if self.started else [],
                 "minting_partitions": list(self.router.owned),
                 "borrowed_partitions": sorted(self.reader.borrowed) if self.started else [],
@@ -159,42 +160,110 @@ class Gateway:
 
     def _recover(self) -> None:
         """The broker is back: it may have come back empty (topics and group gone). Re-create the topics with
-        their configured partitions, refresh metadata, and let the reader re-check its positions. The group
-        membership rejoins by itself (with a watchdog for stuck rejoins)."""
-        from .kafka.admin import ensure_topics, wanted_topics
+        their configured partitions, refresh metadata, and rewind the reader if the reply topic is a new log
+        (its topic id changed). The group membership rejoins by itself (with a watchdog for stuck rejoins)."""
+        import gevent
 
-        for attempt in range(10):
-            try:
-                actual = ensure_topics(self.config, wanted_topics(self.config))
-                reply_topic = self.config.reply["topic"]
-                n = actual.get(reply_topic)
-                if n and n != self.router.num_partitions:
-                    # someone's produce re-created it first with the broker's default count: adapt, or replies
-                    # would go to partitions that do not exist
-                    log.error("reply topic %s came back with %d partitions instead of %d: minting keys for %d "
-                              "from now on; re-create it with reply.partitions when convenient", reply_topic, n,
-                              self.router.num_partitions, n)
-                    self.reader.request_resize(n)
+        if self.config.kafka["enable_idempotence"]:
+            # a broker that lost its state does not know our producer id any more; the embedded broker never lets
+            # such a producer recover (TANSU.md). Requests still unacknowledged were already failed (503).
+            self._replace_producer("the broker was unreachable")
+        self._topics_unchecked = True
+        for _ in range(10):
+            if self._check_topics() is not None:
                 break
-            except Exception as exc:  # noqa: BLE001 - the broker may still be starting
-                log.warning("re-creating topics failed (%s); retry %d", exc, attempt + 1)
-                import gevent
-                gevent.sleep(0.5)
+            gevent.sleep(0.5)
+        self._after_outage()
+
+    def _after_outage(self) -> None:
         try:
             self.producer._metadata.request_update()  # noqa: SLF001 - do not write into partitions that vanished
         except Exception:  # noqa: BLE001
             log.debug("metadata refresh request failed", exc_info=True)
-        self.reader.request_recheck()
         # stay not-ready (fast 503s) until the reader knows where to read: a request accepted earlier would have
-        # its reply written below the reader's stale position and wait, unread, until the recheck
+        # its reply written below the reader's stale position and wait, unread, until the rewind
         wait_s = self.config.kafka["request_timeout_ms"] / 1000
         if not self.reader.rechecked.wait(wait_s):
-            log.warning("reply reader did not re-check its positions within %.0fs; serving anyway", wait_s)
+            log.warning("reply reader did not apply the topic check within %.0fs; serving anyway", wait_s)
         for hook in self.recovery_hooks:
             try:
                 hook()
             except Exception:  # noqa: BLE001
                 log.exception("recovery hook %r failed", hook)
+
+    def _check_topics(self) -> bool | None:
+        """Re-create missing topics and compare every topic's id with the last one seen (the reply topic's with
+        the one the reader positioned in). Returns whether some topic is a new log, or None if the broker could
+        not answer (the probe tries again every second)."""
+        from .kafka.admin import ensure_topics, wanted_topics
+
+        ids: dict[str, str | None] = {}
+        try:
+            actual = ensure_topics(self.config, wanted_topics(self.config), ids=ids)
+        except Exception as exc:  # noqa: BLE001 - the broker may still be starting
+            log.warning("re-creating topics / reading topic ids failed (%s); retrying", exc)
+            return None
+        self._topics_unchecked = False
+        reply_topic = self.config.reply["topic"]
+        n = actual.get(reply_topic)
+        if n and n != self.router.num_partitions:
+            # someone's produce re-created it first with the broker's default count: adapt, or replies would go to
+            # partitions that do not exist
+            log.error("reply topic %s came back with %d partitions instead of %d: minting keys for %d from now on; "
+                      "re-create it with reply.partitions when convenient", reply_topic, n,
+                      self.router.num_partitions, n)
+            self.reader.request_resize(n)
+        recreated = {t for t, tid in ids.items() if tid is not None and self._topic_ids.get(t) not in (None, tid)}
+        self._topic_ids.update({t: tid for t, tid in ids.items() if tid is not None})
+        return self.reader.check_incarnation(ids.get(reply_topic)) or bool(recreated)
+
+    def _check_topics_now(self) -> None:
+        """The probe's periodic check (``kafka.topic_check_interval_ms``): a broker that restarted between two
+        probes (or topics deleted and re-created by hand) is only seen here. Re-created topics get what a
+        recovery does."""
+        changed = self._check_topics()
+        if changed:
+            log.error("topics were re-created without an outage this worker saw (a broker restarted between two "
+                      "probes?); recovering")
+            if self.config.kafka["enable_idempotence"]:
+                self._replace_producer("topics were re-created")
+            self._after_outage()
+
+    def _new_producer(self) -> Any:
+        from kafka import KafkaProducer
+
+        from .kafka import producer_settings
+
+        k = self.config.kafka
+        return KafkaProducer(
+            **self.config.kafka_client_kwargs(), **producer_settings(k["acks"], k["enable_idempotence"]),
+            linger_ms=k["linger_ms"], max_block_ms=k["max_block_ms"], compression_type=k["compression_type"],
+            allow_auto_create_topics=False, delivery_timeout_ms=max(k["request_timeout_ms"] * 2, 10000),
+            max_request_size=max(1048576, self.config.limits["max_body_bytes"] + 65536))
+
+    def _replace_producer(self, why: str) -> None:
+        """A new producer for the requests from now on; the old one is closed in the background (what it still
+        holds fails, and its waiters with it: 503)."""
+        import gevent
+
+        old, self.producer = self.producer, self._new_producer()
+        self._producer_replaced_at = time.monotonic()
+        log.warning("producer re-created (%s)", why)
+
+        def close() -> None:
+            try:
+                old.close(timeout=0.5)
+            except Exception:  # noqa: BLE001
+                log.debug("closing the replaced producer failed", exc_info=True)
+        gevent.spawn(close)
+
+    def _on_producer_error(self, producer: Any, exc: BaseException) -> None:
+        from .kafka import is_fatal_producer_error
+
+        # only the producer in use: records of one already replaced fail as it closes, that says nothing new
+        if (producer is self.producer and is_fatal_producer_error(exc) and self.config.kafka["enable_idempotence"]
+                and time.monotonic() - self._producer_replaced_at > 1.0):
+            self._replace_producer(f"{type(exc).__name__}: {exc}")
 
     def _probe_broker(self) -> None:
         """Every second, can we open a TCP connection to any bootstrap server? Fast-fail needs a signal that does
@@ -211,6 +280,10 @@ class Gateway:
                 except OSError:
                     continue
             self._mark_broker(up)
+            if up and self._broker_down_since is None and (self._topics_unchecked
+                                                           or time.monotonic() >= self._next_topic_check):
+                self._next_topic_check = time.monotonic() + self.config.kafka["topic_check_interval_ms"] / 1000
+                self._check_topics_now()
             gevent.sleep(1)
 
     # -- request path ----------------------------------------------------------------------------------------
@@ -240,13 +313,15 @@ class Gateway:
         # cannot release this partition while the request is in flight.
         waiter = waiter_factory(correlation_id, partition, time.monotonic() + timeout_ms / 1000)
         self.pending.register(waiter)
+        producer = self.producer
         try:
-            future = self.producer.send(svc.topic, value=body, key=key, headers=headers)
+            future = producer.send(svc.topic, value=body, key=key, headers=headers)
         except BaseException as exc:  # KafkaTimeoutError (metadata / full buffer), closed producer, gevent's Timeout
             self.pending.remove(correlation_id)
             if not isinstance(exc, Exception):
                 raise
             metrics.PRODUCE_ERRORS.labels(svc.name).inc()
+            self._on_producer_error(producer, exc)
             raise BrokerUnavailable(f"could not hand the request to Kafka: {type(exc).__name__}") from None
 
         def on_error(exc: BaseException) -> None:
@@ -254,6 +329,7 @@ class Gateway:
             metrics.PRODUCE_ERRORS.labels(svc.name).inc()
             log.warning("request %s to %s not delivered: %s", correlation_id.hex(), svc.topic, exc)
             waiter.fail(BrokerUnavailable(f"Kafka did not accept the request: {type(exc).__name__}"))
+            self._on_producer_error(producer, exc)
 
         self._unacked[correlation_id] = waiter
         future.add_callback(lambda _: self._unacked.pop(correlation_id, None))

@@ -36,15 +36,36 @@ def test_decode_reply_spring_only_defaults_to_200():
     assert (r.correlation_id, r.status, r.content_type) == (b"abc", 200, None)
 
 
-@pytest.mark.parametrize("headers,msg", [
-    ([], "no correlation id"),
-    ([("gateway-correlation-id", b"zz")], "not hex"),
-    ([("gateway-correlation-id", b"ab"), ("gateway-status", b"abc")], "not a number"),
-    ([("gateway-correlation-id", b"ab"), ("gateway-status", b"999")], "not an HTTP status"),
+@pytest.mark.parametrize("headers,msg,cid", [
+    ([], "no correlation id", None),
+    ([("gateway-correlation-id", b"zz")], "not hex", None),
+    ([("gateway-correlation-id", b"zz"), ("kafka_correlationId", b"raw")], "not hex", b"raw"),
+    ([("gateway-correlation-id", b"ab"), ("gateway-status", b"abc")], "not a three-digit", b"\xab"),
+    ([("gateway-correlation-id", b"ab"), ("gateway-status", b" 2_00")], "not a three-digit", b"\xab"),
+    ([("gateway-correlation-id", b"ab"), ("gateway-status", b"200\n")], "not a three-digit", b"\xab"),
+    ([("gateway-correlation-id", b"ab"), ("gateway-status", b"999")], "not a final HTTP status", b"\xab"),
+    ([("gateway-correlation-id", b"ab"), ("gateway-status", b"101")], "not a final HTTP status", b"\xab"),
+    ([("gateway-correlation-id", b"ab"), ("content-type", b"text/plain\r\nX-Evil: 1")], "control", b"\xab"),
+    ([("gateway-correlation-id", b"ab"), ("http-location", b"/a\nb")], "control", b"\xab"),
+    ([("gateway-correlation-id", b"ab"), ("http-location", b"/a\x00")], "control", b"\xab"),
+    ([("gateway-correlation-id", b"ab"), ("http-x y", b"1")], "not an HTTP field name", b"\xab"),
+    ([("gateway-correlation-id", b"ab"), ("http-caf\u00e9", b"1")], "not an HTTP field name", b"\xab"),
+    ([("gateway-correlation-id", b"ab"), ("gateway-seq", b"-1")], "not a number", b"\xab"),
 ])
-def test_decode_reply_rejects_broken_records(headers, msg):
-    with pytest.raises(P.ProtocolError, match=msg):
+def test_decode_reply_rejects_broken_records(headers, msg, cid):
+    """A reply the gateway cannot turn into a valid HTTP response is refused, naming the request it answers (when
+    it can be read) so that request is failed with a 502 at once."""
+    with pytest.raises(P.ProtocolError, match=msg) as info:
         P.decode_reply(b"", headers)
+    assert info.value.correlation_id == cid
+
+
+def test_decode_reply_keeps_tabs_and_drops_bodies_of_204_and_304():
+    r = P.decode_reply(b"stray", [("gateway-correlation-id", b"ab"), ("gateway-status", b"204"),
+                                  ("http-x-note", b"a\tb")])
+    assert (r.status, r.body, r.headers) == (204, b"", [("x-note", "a\tb")])
+    assert P.decode_reply(b"stray", [("gateway-correlation-id", b"ab"), ("gateway-status", b"304")]).body == b""
+    assert P.decode_reply(b"kept", [("gateway-correlation-id", b"ab"), ("gateway-status", b"404")]).body == b"kept"
 
 
 def _reply(cid: bytes) -> P.Reply:
@@ -111,12 +132,13 @@ def stream(req):  # noqa: ANN001, ANN201
 
 def _request(path: str, method: str = "GET", deadline_ms: int | None = None) -> list:
     cid = P.new_correlation_id(b"T" * 8)
-    headers = P.request_headers(cid, P.ReplyTo("r", 2, b"k"), deadline_ms or int(time.time() * 1000) + 5000,
-                                method, path.split("?")[0], path.partition("?")[2], None, [])
+    deadline_ms = deadline_ms or int(time.time() * 1000) + 5000
+    headers = P.request_headers(cid, P.ReplyTo("r", 2, b"k"), deadline_ms, method, path.split("?")[0],
+                                path.partition("?")[2], None, [])
     dest, replies = svc.handle(b"", headers)
     if dest is None:
         return []
-    assert dest == {"topic": "r", "partition": 2, "key": b"k"}
+    assert dest == {"topic": "r", "partition": 2, "key": b"k", "correlation_id": cid, "deadline_ms": deadline_ms}
     return [P.decode_reply(v, h) for h, v in replies]
 
 

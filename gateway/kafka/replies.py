@@ -26,9 +26,12 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
 from .. import metrics
+from ..errors import BadGateway
 from ..pending import Outcome
 from ..protocol import ProtocolError, decode_reply
+from ..supervise import Supervised
 from . import stop_loop
+from .unreadable import SkipUnreadable, Unidentified
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -46,14 +49,14 @@ class GroupMembership(ConsumerRebalanceListener):
         self.topic = config.reply["topic"]
         self._on_assigned = on_assigned
         self._consumer: KafkaConsumer | None = None
-        self._greenlet: gevent.Greenlet | None = None
+        self._greenlet: Supervised | None = None
         self._stopping = False
         self.assigned: set[int] = set()
         self._since_unassigned = time.monotonic()
 
     def start(self) -> None:
         self._consumer = self._new_consumer()
-        self._greenlet = gevent.spawn(self._run)
+        self._greenlet = Supervised("reply-group", self._run).start()
 
     def _new_consumer(self) -> KafkaConsumer:
         k = self.config.kafka
@@ -133,13 +136,15 @@ class GroupMembership(ConsumerRebalanceListener):
 class ReplyReader:
     """Reads reply partitions by hand-assignment and resolves the pending table."""
 
-    def __init__(self, config: Config, pending: PendingTable, router: ReplyRouter) -> None:
+    def __init__(self, config: Config, pending: PendingTable, router: ReplyRouter,
+                 topic_id: str | None = None) -> None:
         self.config = config
         self.topic = config.reply["topic"]
         self.pending = pending
         self.router = router
+        self.topic_id = topic_id                 # the reply topic's incarnation the positions belong to
         self._consumer: KafkaConsumer | None = None
-        self._greenlet: gevent.Greenlet | None = None
+        self._loop: Supervised | None = None
         self._stopping = False
         self._target: set[int] | None = None   # the latest group assignment, applied by the reader greenlet
         self._owned: set[int] = set()            # the group assignment in force
@@ -147,36 +152,43 @@ class ReplyReader:
         self._borrow_until = 0.0
         self.reading: set[int] = set()
         self.positioned = Event()                # set once a partition keys are minted for is positioned
-        self._recheck = False
-        self.rechecked = Event()                 # set when the last requested recheck is done
+        self._rewind = False
+        self.rechecked = Event()                 # set when the last incarnation check was applied
         self.rechecked.set()
         self._resize_to: int | None = None
+        self._unreadable = SkipUnreadable(config.kafka_client_kwargs(), self._skipped, f"reply reader ({self.topic})")
 
     def request_resize(self, num_partitions: int) -> None:
         """The reply topic now has *num_partitions* partitions (applied by the reader greenlet)."""
         self._resize_to = num_partitions
 
-    def request_recheck(self) -> None:
-        """After a broker outage: positions past the end of a partition mean the log was recreated (a broker
-        that lost its data). Kafka would raise OffsetOutOfRange; not every broker does, so check by hand.
-        ``rechecked`` is set once it is done."""
+    def check_incarnation(self, topic_id: str | None) -> bool:
+        """After a broker outage: *topic_id* is the reply topic's id now. A different id is a new log (see
+        ``gateway.kafka.admin``): every position belongs to the old one, so the reader reads each partition from
+        its beginning (every record there was written after the re-creation: any may be a reply we await). The
+        same id: the positions hold. None (a broker without topic ids): nothing is guessed; Kafka's
+        OffsetOutOfRange -> ``auto_offset_reset="earliest"`` moves positions that fell off the log.
+        ``rechecked`` is set once applied. Returns whether a rewind was asked for."""
+        if topic_id is None or topic_id == self.topic_id:
+            return False
+        log.warning("reply topic %s was re-created (topic id %s -> %s): reading its partitions from the start",
+                    self.topic, self.topic_id, topic_id)
+        self.topic_id = topic_id
         self.rechecked.clear()
-        self._recheck = True
+        self._rewind = True
+        return True
 
-    def _recheck_positions(self) -> None:
+    def _rewind_all(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         tps = [TopicPartition(self.topic, p) for p in sorted(self.reading)]
-        # short attempts, retried by the loop: right after a broker restart one attempt can hang on a connection
-        # still backing off while a fresh one would answer at once
-        ends = consumer.end_offsets(tps, timeout_ms=1000) if tps else {}
-        self._recheck = False
-        for tp in tps:
-            if consumer.position(tp) > ends.get(tp, 0):
-                log.warning("reply partition %d was recreated (position past its end %d): reading it from the "
-                            "start", tp.partition, ends.get(tp, 0))
-                consumer.seek(tp, 0)
+        if tps:
+            consumer.seek_to_beginning(*tps)     # resolved lazily: any reply written from now on is after it
+        self._rewind = False
         self.rechecked.set()
+
+    def _skipped(self, tp: TopicPartition, first: int, resume: int) -> None:
+        metrics.REPLIES.labels(Outcome.INVALID.value).inc(resume - first)
 
     def start(self, borrow_ms: int = 0) -> None:
         """With *borrow_ms*, read one random partition right away and mint keys for it until the group assigns
@@ -188,14 +200,33 @@ class ReplyReader:
             self.borrowed = {random.randrange(self.router.num_partitions)}
             self._borrow_until = time.monotonic() + borrow_ms / 1000
             self._target = set()  # apply (and position) the borrowed partition at once
-        k = self.config.kafka
-        self._consumer = KafkaConsumer(
+        self._consumer = self._new_consumer()
+        self._loop = Supervised("reply-reader", self._run).start()
+
+    def _new_consumer(self) -> KafkaConsumer:
+        return KafkaConsumer(
             **self.config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
             # New partitions are positioned explicitly (seek_to_end); "earliest" only applies when a position
             # falls off the log (topic recreated): then every record in it is new, and may be a reply we await.
-            fetch_max_wait_ms=k["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.config.kafka["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="earliest",
             max_poll_records=2000, allow_auto_create_topics=False)
-        self._greenlet = gevent.spawn(self._run)
+
+    def _replace_consumer(self) -> None:
+        """The only way out of a consumer kafka-python left spinning on a batch (gateway.kafka.unreadable): a new
+        one, assigned the same partitions at the same positions."""
+        old = self._consumer
+        assert old is not None
+        positions = {tp: old.position(tp) for tp in old.assignment()}
+        self._consumer = self._new_consumer()
+        self._consumer.assign(list(positions))
+        for tp, offset in positions.items():
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+        self._unreadable.reset()
+        try:
+            old.close(autocommit=False, timeout_ms=500)
+        except Exception:  # noqa: BLE001
+            log.debug("closing the replaced reply consumer failed", exc_info=True)
 
     def set_target(self, owned: set[int]) -> None:
         """New group assignment; the reader greenlet positions new partitions before keys are minted for them."""
@@ -262,32 +293,45 @@ class ReplyReader:
         return bool(self.borrowed) and not self._borrow_until
 
     def _run(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
         while not self._stopping:
             try:
                 self._apply()
-                if self._recheck:
-                    self._recheck_positions()
+                if self._rewind:
+                    self._rewind_all()
                 if not self.reading:
                     gevent.sleep(0.05)
                     continue
-                batches = consumer.poll(timeout_ms=self.config.reply["poll_interval_ms"])
+                batches = self._unreadable.poll(self._consumer, self.config.reply["poll_interval_ms"])
+            except Unidentified as exc:
+                log.error("%s; replacing the reply consumer", exc)
+                self._replace_consumer()
+                continue
             except Exception as exc:  # noqa: BLE001 - the client reconnects by itself; never let the reader die
                 log.warning("reply reader: %s: %s; retrying", type(exc).__name__, exc)
                 log.debug("reply reader error", exc_info=True)
-                gevent.sleep(0.1 if self._recheck else 0.5)
+                gevent.sleep(0.5)
                 continue
             for records in batches.values():
                 for record in records:
-                    self._dispatch(record)
+                    try:
+                        self._dispatch(record)
+                    except Exception:  # noqa: BLE001 - one record must not cost the rest of the batch
+                        log.exception("reply at %s/%d@%d not handled", record.topic, record.partition,
+                                      record.offset)
+                        metrics.REPLIES.labels(Outcome.INVALID.value).inc()
 
     def _dispatch(self, record) -> None:  # noqa: ANN001 - kafka-python ConsumerRecord
+        """One reply record to its waiter. Nothing a record holds may end the loop: a record that breaks the wire
+        protocol but names its request answers that request with a 502 at once; one that names none is counted."""
         try:
             reply = decode_reply(record.value, record.headers or [], record.partition, record.offset)
         except ProtocolError as exc:
-            log.warning("dropping reply at %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
-            metrics.REPLIES.labels("invalid").inc()
+            log.warning("unusable reply at %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
+            outcome = Outcome.INVALID
+            if exc.correlation_id:   # another worker's request stays with that worker (it reads this record too)
+                outcome = self.pending.fail(exc.correlation_id, BadGateway(
+                    f"the service's reply breaks the gateway's wire protocol: {exc}"))
+            metrics.REPLIES.labels("foreign" if outcome is Outcome.FOREIGN else Outcome.INVALID.value).inc()
             return
         outcome = self.pending.resolve(reply)
         metrics.REPLIES.labels(outcome.value).inc()
@@ -296,4 +340,5 @@ class ReplyReader:
 
     def stop(self, timeout_ms: int = 2000) -> None:
         self._stopping = True
-        stop_loop(self._greenlet, self._consumer, timeout_ms, "reply reader")
+        stop_loop(self._loop, self._consumer, timeout_ms, "reply reader")
+        self._unreadable.close()

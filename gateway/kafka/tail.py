@@ -23,7 +23,11 @@ import gevent
 from gevent.event import Event
 from kafka import KafkaConsumer, TopicPartition
 
+from .. import metrics
+from ..supervise import Supervised
 from . import stop_loop
+from .admin import describe_ids
+from .unreadable import SkipUnreadable, Unidentified
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -54,16 +58,51 @@ class TopicTail:
         self._barrier_asks: list[tuple[int | None, Event]] = []   # partition (None: all), set when read to its end
         self._barriers: list[tuple[dict[TopicPartition, int], Event]] = []   # ... with the end offsets measured
         self._consumer: KafkaConsumer | None = None
-        self._greenlet: gevent.Greenlet | None = None
+        self._loop: Supervised | None = None
         self._stopping = False
+        self.topic_id: str | None = None     # the incarnation the positions belong to (gateway.kafka.admin)
+        self._check_incarnation = False
+        self._unreadable = SkipUnreadable(config.kafka_client_kwargs(), self._skipped, f"tail of {topic}")
 
     def start(self) -> None:
-        self._consumer = KafkaConsumer(
+        self._consumer = self._new_consumer()
+        self._loop = Supervised(f"tail {self.topic}", self._run).start()
+
+    def _new_consumer(self) -> KafkaConsumer:
+        # a position that falls off the log (Kafka's OffsetOutOfRange) goes where this tail starts
+        return KafkaConsumer(
             **self.config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
             fetch_max_wait_ms=self.fetch_max_wait_ms, fetch_min_bytes=1,
             auto_offset_reset="earliest" if self.start_at == "beginning" else "latest", max_poll_records=2000,
             allow_auto_create_topics=False)
-        self._greenlet = gevent.spawn(self._run)
+
+    @property
+    def skipped(self) -> int:
+        """Records skipped because kafka-python cannot parse them (gateway.kafka.unreadable)."""
+        return self._unreadable.skipped
+
+    def _skipped(self, tp: TopicPartition, first: int, resume: int) -> None:
+        metrics.REPLIES.labels("invalid").inc(resume - first)
+
+    def _replace_consumer(self) -> None:
+        """A new consumer at the same positions: the way out of a batch kafka-python spins on."""
+        old = self._consumer
+        assert old is not None
+        positions = {tp: old.position(tp) for tp in old.assignment()}
+        self._consumer = self._new_consumer()
+        self._consumer.assign(list(positions))
+        for tp, offset in positions.items():
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+        self._unreadable.reset()
+        try:
+            old.close(autocommit=False, timeout_ms=500)
+        except Exception:  # noqa: BLE001
+            log.debug("closing the replaced tail consumer failed", exc_info=True)
+
+    def _describe_id(self) -> str | None:
+        return describe_ids(self.config.kafka_client_kwargs(), [self.topic],
+                            timeout_ms=self.config.kafka["request_timeout_ms"]).get(self.topic)
 
     @property
     def ready(self) -> bool:
@@ -75,6 +114,13 @@ class TopicTail:
         parts = consumer.partitions_for_topic(self.topic)
         if not parts:
             return False
+        try:
+            # before the positions are taken: they belong to this incarnation or a later one (a later one is
+            # caught by the next check, which then repositions once more: never a position silently kept)
+            self.topic_id = self._describe_id()
+        except Exception as exc:  # noqa: BLE001 - unknown: the next check after an outage repositions
+            log.warning("topic id of %s not known (%s)", self.topic, exc)
+            self.topic_id = None
         tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         if self.since_ms is not None:
@@ -146,19 +192,25 @@ class TopicTail:
         self._barriers = waiting
 
     def _run(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
         while not self._stopping:
+            consumer = self._consumer
+            assert consumer is not None
             try:
+                if self._check_incarnation and self.positioned.is_set():
+                    self._recheck()
                 if not self.positioned.is_set() and not self._position():
                     gevent.sleep(0.2)      # the topic has no metadata yet
                     continue
                 if self._barrier_asks:
                     self._measure_barriers()
                     self._check_barriers()     # already there: answer without waiting for a fetch
-                batches = consumer.poll(timeout_ms=20 if self._barriers else 100)
+                batches = self._unreadable.poll(consumer, 20 if self._barriers else 100)
                 if not self.caught_up.is_set():
                     self._check_caught_up()
+            except Unidentified as exc:
+                log.error("%s; replacing the tail's consumer", exc)
+                self._replace_consumer()
+                continue
             except Exception:  # noqa: BLE001 - the client reconnects by itself; never let a tail die
                 log.exception("tail of %s failed; retrying", self.topic)
                 gevent.sleep(0.5)
@@ -177,10 +229,21 @@ class TopicTail:
                     log.warning("read barrier check on %s failed", self.topic, exc_info=True)
 
     def reposition(self) -> None:
-        """Start over from the configured start position (after the broker lost its data, a position past the
-        new end would never see a record: brokers need not raise OffsetOutOfRange there)."""
+        """After a broker outage: if the topic was re-created (its id changed, see ``gateway.kafka.admin``), start
+        over from the configured start position; positions in the old log would read nothing, or skip records.
+        The same id keeps the positions (nothing read twice, nothing skipped). Checked by the tail's greenlet,
+        retried until the broker answers."""
+        self._check_incarnation = True
+
+    def _recheck(self) -> None:
+        now = self._describe_id()          # raises while the broker cannot answer: retried by the loop
+        self._check_incarnation = False
+        if now is None or now == self.topic_id:
+            return                         # same log; or no ids (Kafka's OffsetOutOfRange is the way then)
+        log.warning("%s was re-created (topic id %s -> %s): tailing it again from %s", self.topic, self.topic_id,
+                    now, "a timestamp" if self.since_ms else self.start_at)
         self.caught_up.clear()
-        self.positioned.clear()   # the tail greenlet positions again before its next poll
+        self.positioned.clear()   # positioned again before the next poll (and the new id recorded)
         self._barriers = []       # offsets of the lost log: their waiters time out and re-check
 
     def wait_ready(self, timeout_s: float) -> bool:
@@ -191,4 +254,5 @@ class TopicTail:
 
     def stop(self) -> None:
         self._stopping = True
-        stop_loop(self._greenlet, self._consumer, 2000, f"tail consumer of {self.topic}")
+        stop_loop(self._loop, self._consumer, 2000, f"tail consumer of {self.topic}")
+        self._unreadable.close()

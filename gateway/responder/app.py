@@ -91,22 +91,46 @@ def _problem(status: int, detail: str, **extra: Any) -> tuple[int, dict[str, str
     return status, {}, json.dumps(body).encode(), "application/problem+json"
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    return default if raw is None else raw.strip().lower() not in ("0", "false", "no", "off")
+
+
 class Responder:
-    """One service: routes, a consumer on its request topic, a producer for replies."""
+    """One service: routes, a consumer on its request topic, a producer for replies.
+
+    *kafka_settings* are kafka-python client settings (``security_protocol``, ``ssl_cafile``, ``sasl_*``,
+    ``request_timeout_ms``, ``max_request_size``, ...), one set for all the service's clients: each client gets
+    every setting it knows. *acks* and *enable_idempotence* (``KAFKA_ENABLE_IDEMPOTENCE``, default on) are the
+    reply producer's durability; *reply_retry_ms* bounds resending a reply for requests without a deadline;
+    *topic_check_interval_s* is how often the request topic's id is compared (gateway.responder.runner).
+    """
 
     def __init__(self, name: str, topic: str, bootstrap_servers: str | list[str] | None = None,
-                 group_id: str | None = None, **kafka_settings: Any) -> None:
+                 group_id: str | None = None, *, acks: int | str = "all", enable_idempotence: bool | None = None,
+                 reply_retry_ms: int = 30000, topic_check_interval_s: float = 10.0, **kafka_settings: Any) -> None:
         self.name = name
         self.topic = topic
         servers = bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
         self.bootstrap_servers = servers.split(",") if isinstance(servers, str) else list(servers)
         self.group_id = group_id or os.environ.get("SERVICE_GROUP_ID") or f"{name}-service"
+        self.session_timeout_ms = int(os.environ.get("KAFKA_SESSION_TIMEOUT_MS", 10000))
+        self.fetch_max_wait_ms = int(os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", 10))
+        self.acks = acks
+        self.enable_idempotence = (_env_flag("KAFKA_ENABLE_IDEMPOTENCE", True) if enable_idempotence is None
+                                   else enable_idempotence)
+        if self.enable_idempotence and acks not in ("all", -1):
+            raise ValueError(f"enable_idempotence needs acks='all' (acks is {acks!r})")
+        self.reply_retry_ms = reply_retry_ms
+        self.topic_check_interval_s = topic_check_interval_s
         self.kafka_settings = kafka_settings
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._stop = threading.Event()
-        self.stats = {"handled": 0, "expired": 0, "errors": 0, "invalid": 0}
+        self.stats = {"handled": 0, "expired": 0, "errors": 0, "invalid": 0, "unsendable": 0, "unsent": 0,
+                      "resent": 0, "rewinds": 0, "topic_checks": 0}
         self.ready = threading.Event()
         self._producer: Any = None
+        self._runner: Any = None
 
     # -- routing ---------------------------------------------------------------------------------------------
     def route(self, method: str, pattern: str) -> Callable[[Handler], Handler]:
@@ -145,8 +169,9 @@ class Responder:
             partition = struct.unpack(">i", h[P.H_SPRING_REPLY_PARTITION])[0]
         else:
             partition = None
-        dest = {"topic": topic.decode(), "partition": partition, "key": h.get(P.H_REPLY_KEY)}
         deadline = int(h[P.H_DEADLINE_MS]) if P.H_DEADLINE_MS in h else None
+        dest = {"topic": topic.decode(), "partition": partition, "key": h.get(P.H_REPLY_KEY),
+                "correlation_id": corr, "deadline_ms": deadline}
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         if deadline is not None and now_ms > deadline:
             self.stats["expired"] += 1
@@ -226,104 +251,25 @@ class Responder:
 
     # -- running ---------------------------------------------------------------------------------------------
     def run(self, install_signal_handlers: bool = True) -> None:
-        """Consume until :meth:`stop` (or SIGTERM/SIGINT); commits only after the replies were acknowledged."""
-        from kafka import KafkaConsumer, KafkaProducer
+        """Consume until :meth:`stop` (or SIGTERM/SIGINT). Offsets are committed only once every reply of their
+        requests was acknowledged (see :mod:`gateway.responder.runner`)."""
+        from .runner import Runner
 
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
-        settings = dict(self.kafka_settings)
-        session_ms = int(settings.pop("session_timeout_ms", os.environ.get("KAFKA_SESSION_TIMEOUT_MS", 10000)))
-        consumer = KafkaConsumer(
-            self.topic, bootstrap_servers=self.bootstrap_servers, group_id=self.group_id,
-            client_id=f"{self.name}-service", enable_auto_commit=False, auto_offset_reset="earliest",
-            fetch_max_wait_ms=int(settings.pop("fetch_max_wait_ms", os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", 10))),
-            session_timeout_ms=session_ms,
-            heartbeat_interval_ms=max(100, session_ms // 3), max_poll_records=500,
-            allow_auto_create_topics=False, **settings)
-        self._producer = producer = KafkaProducer(
-            bootstrap_servers=self.bootstrap_servers, client_id=f"{self.name}-service", linger_ms=0, acks=1,
-            enable_idempotence=False, max_block_ms=5000,
-            # never auto-create the gateway's reply topic with the broker's default partition count: the
-            # gateway's reply keys are minted for the configured count (the gateway re-creates it after an outage)
-            allow_auto_create_topics=False)
-        log.info("%s: consuming %s as group %s", self.name, self.topic, self.group_id)
-        unassigned_since = time.monotonic()
-        next_check = time.monotonic() + 5
-        try:
-            while not self._stop.is_set():
-                try:
-                    if time.monotonic() > next_check:  # only reached after 5 s without a record
-                        next_check = time.monotonic() + 5
-                        self._rewind_recreated(consumer)
-                    batches = consumer.poll(timeout_ms=200)
-                    if batches:
-                        next_check = time.monotonic() + 5
-                    if consumer.assignment():
-                        self.ready.set()
-                        unassigned_since = time.monotonic()
-                    elif time.monotonic() - unassigned_since > 2 * session_ms / 1000:
-                        # kafka-python can stay "rebalancing" without rejoining (see TANSU.md): ask again
-                        consumer._coordinator.request_rejoin()  # noqa: SLF001
-                        unassigned_since = time.monotonic()
-                    if not batches:
-                        continue
-                    for records in batches.values():
-                        for record in records:
-                            self._process(producer, record)
-                    producer.flush(timeout=10)
-                    consumer.commit()
-                except Exception:  # noqa: BLE001 - broker away, group gone, commit after a rebalance: go on
-                    log.exception("%s: consume loop error; retrying", self.name)
-                    self._stop.wait(0.5)
-        finally:
-            producer.flush(timeout=5)
-            producer.close(timeout=5)
-            consumer.close()
-            log.info("%s stopped: %s", self.name, self.stats)
-
-    def _rewind_recreated(self, consumer: Any) -> None:
-        """A position past a partition's end means the topic was recreated (a broker that lost its data came
-        back); Kafka raises OffsetOutOfRange there, not every broker does. Read such a partition from the start."""
-        try:
-            tps = list(consumer.assignment())
-            if not tps:
-                return
-            ends = consumer.end_offsets(tps)
-            for tp in tps:
-                if consumer.position(tp) > ends.get(tp, 0):
-                    log.warning("%s: partition %d was recreated; reading it from the start", self.name, tp.partition)
-                    consumer.seek(tp, 0)
-        except Exception as exc:  # noqa: BLE001 - the broker may be away; try again later
-            log.debug("position check failed: %s", exc)
-
-    def _process(self, producer: Any, record: Any) -> None:
-        try:
-            dest, replies = self.handle(record.value, record.headers or [], record.key)
-        except Exception:  # noqa: BLE001 - a malformed request must not stop the service
-            self.stats["invalid"] += 1
-            log.exception("unreadable request at %s/%d@%d", record.topic, record.partition, record.offset)
-            return
-        if dest is None:
-            return
-        for headers, value in replies:
-            try:
-                producer.send(dest["topic"], value=value, key=dest["key"], headers=headers,
-                              partition=dest["partition"])
-            except Exception as exc:  # noqa: BLE001 - e.g. a reply partition that no longer exists: skip this
-                # reply only, not the rest of the batch
-                self.stats["invalid"] += 1
-                log.warning("%s: reply to %s/%s not sent: %s", self.name, dest["topic"], dest["partition"], exc)
-                return
+        self._runner = Runner(self)
+        self._runner.run()
 
     def publish(self, topic: str, value: Any, key: str | bytes | None = None) -> None:
         """Publish an event (not a reply) from inside a handler, e.g. ``orders.events``; dicts become JSON.
 
-        It leaves with the replies of the same batch, before the request offsets are committed."""
-        if self._producer is None:
+        It leaves with the replies of the same batch, before the request offsets are committed (and is sent
+        again, like a reply, if the broker did not take it)."""
+        if self._runner is None or self._producer is None:
             raise RuntimeError("publish() works inside handlers while the responder runs")
         data, _ = _encode_body(value)
-        self._producer.send(topic, value=data, key=key.encode() if isinstance(key, str) else key)
+        self._runner.publish(topic, data, key.encode() if isinstance(key, str) else key)
 
     def stop(self) -> None:
         self._stop.set()
