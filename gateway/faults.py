@@ -66,6 +66,15 @@ def worker_pids(master_pid: int) -> set[int]:
     return pids
 
 
+def signal_pending(pid: int, sig: int) -> bool:
+    """Whether *sig* is pending for process *pid* (sent, not handled yet: the process is stopped, for one)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & (1 << (sig - 1)):
+                return True
+    return False
+
+
 def held_client_ports(pid: int, server_port: int) -> set[int]:
     """Client ports of the TCP connections to *server_port* that process *pid* holds (accepted, not closed):
     its socket fds (``/proc/PID/fd`` -> ``socket:[inode]``) matched with ``/proc/PID/net/tcp``."""
