@@ -108,7 +108,19 @@ def base_env(bootstrap: str, **extra: str) -> dict[str, str]:
     return env
 
 
+class Fatal(Exception):
+    """Raised inside a :func:`wait_until` predicate when waiting longer cannot help (the process it waits on
+    exited): propagated at once instead of surfacing later as a timeout."""
+
+
+class ProcessExited(Fatal):
+    pass
+
+
 def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.1, what: str = "condition") -> Any:
+    """Poll *predicate* until it returns something truthy (returned) or *timeout_s* passes (TimeoutError). An
+    exception from the predicate counts as "not yet" (a server still starting refuses connections), except
+    :class:`Fatal`, which propagates at once."""
     deadline = time.monotonic() + timeout_s
     last_exc: Exception | None = None
     while time.monotonic() < deadline:
@@ -116,6 +128,8 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float
             value = predicate()
             if value:
                 return value
+        except Fatal:
+            raise
         except Exception as exc:  # noqa: BLE001
             last_exc = exc
         time.sleep(interval_s)
@@ -155,7 +169,7 @@ class GunicornGateway(Process):
 
         def ready() -> bool:
             if not self.alive():
-                raise RuntimeError(f"gunicorn exited: {self.log()[-3000:]}")
+                raise ProcessExited(f"gunicorn exited ({self.proc.returncode}): {self.log()[-3000:]}")
             return metric_value(self.metrics(), "gateway_workers_ready") >= want
 
         wait_until(ready, timeout_s, 0.2, f"{want} ready gateway workers")

@@ -26,7 +26,16 @@ from gateway.broker import EmbeddedBroker, free_port
 from gateway.config import parse_config
 from gateway.faults import held_client_ports, signal_pending, worker_pids
 from gateway.loadgen import FRESH, KEEPALIVE, LoadGenerator, summarize
-from gateway.testing import GunicornGateway, Process, base_env, make_config, metric_value, wait_until, write_config
+from gateway.testing import (
+    GunicornGateway,
+    Process,
+    ProcessExited,
+    base_env,
+    make_config,
+    metric_value,
+    wait_until,
+    write_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +61,7 @@ class DrainServer(Process):
 
     def _up(self) -> bool:
         if not self.alive():
-            raise RuntimeError(f"gunicorn exited: {self.log()[-2000:]}")
+            raise ProcessExited(f"gunicorn exited: {self.log()[-2000:]}")
         try:
             return (requests.get(self.url + "/slow?ms=0", timeout=5).status_code == 200
                     and len(worker_pids(self.pid)) == self.workers)
