@@ -4,7 +4,8 @@
     .venv/bin/python -m gateway.faults scale kill9     # some of them (scale second hup kill9 broker slow)
 
 Each scenario starts a fresh gunicorn (real gevent workers, real broker, the echo example service), drives
-``gateway.loadgen`` (50 clients, a unique token per request; half keep-alive, half a new connection per request)
+``gateway.loadgen`` (50 clients, a unique token per request; half keep-alive, half a new connection per request; a
+third paced at 4 requests/s, the rest flat out)
 through one event, and returns a :class:`Run`: every request the clients made (with its phase), the connections
 refused, how many times each request's token is on the request topic (read after the run: a stale keep-alive retry
 must never have produced a second record), the gateway's reply-outcome counters over the run
@@ -512,6 +513,9 @@ class Scenario:
         for gw in self.gws:
             self.before[str(gw.metrics_dir)] = reply_counts(dir_metrics(gw))  # type: ignore[attr-defined]
         kwargs.setdefault("styles", self.styles)
+        # a third of the clients paced at 4 req/s each: their keep-alive connections sit idle between requests,
+        # so a stop closes some under their next request (stale-connection retries, checked by the token count)
+        kwargs.setdefault("client_rates", (None, None, None, None, 4.0, 4.0))
         self.lg = LoadGenerator(target, clients=self.clients, phase=phase, **kwargs).start()
         self.lg.mark(f"load ({phase})")
         return self.lg
@@ -908,9 +912,11 @@ def note(key: str, run: Run) -> str:
         worst = max((r.latency for r in outage), default=0) * 1000
         text = (f"outage: {len(outage)} requests, {_codes(outage)}, slowest {worst:.0f} ms; first 200 "
                 f"{f.get('first_200_after_restart_s')} s, every client {f.get('all_clients_served_s')} s, every "
-                f"worker ready {f.get('all_workers_ready_s')} s after the restart; topics back with "
-                f"{'their configured' if f.get('topics_after_restart') == f.get('topics_configured') else 'WRONG'}"
-                " partition counts")
+                f"worker ready {f.get('all_workers_ready_s')} s after the restart; topics back "
+                + ("with their configured partition counts" if f.get("topics_after_restart") ==
+                   f.get("topics_configured") else f"as {f.get('topics_after_restart')} (configured "
+                   f"{f.get('topics_configured')}; the workers "
+                   f"{'adopted' if f.get('reply_topic_adopted') else 'did NOT adopt'} the reply topic's count)"))
     elif key == "slow" and run.results:
         text = (f"{_codes(run.failed())}; {f.get('late_replies_on_topic')} replies came after the deadline, all "
                 f"counted late" if run.replies.get("late") == f.get("late_replies_on_topic") else

@@ -15,8 +15,10 @@ Two client styles, mixed as you like (client ``i`` uses ``styles[i % len(styles)
   request on a connection it closes while idle (``gateway.worker``). The fault suite proves it: every token must be
   on the request topic exactly once. A failure on a NEW connection, or after a response byte, is never retried.
 
-Pacing: flat out (closed loop: the next request as soon as the last one is answered) or ``rate`` requests/s over
-all clients (each client on its own fixed schedule; a client that falls behind does not burst to catch up).
+Pacing: flat out (closed loop: the next request as soon as the last one is answered), ``rate`` requests/s over
+all clients, or per client (``client_rates``, cycled like the styles: ``None`` is flat out). A paced client keeps
+its own fixed schedule and does not burst to catch up when it fell behind. A paced keep-alive client leaves its
+connection idle between requests: the case where a stopping server closes it under the next request.
 
 A connection the target REFUSED (nothing listens: an instance that stopped) carried no byte of a request: it is
 counted (``refused``, with time, phase and target in ``refusals``) and tried again, and never appears as a request.
@@ -188,8 +190,9 @@ class _Refused(Exception):
 
 
 class LoadGenerator:
-    """``clients`` threads against ``targets`` (client i uses ``targets[i % len(targets)]`` and the style
-    ``styles[i % len(styles)]``); flat out, or paced at ``rate`` requests/s in total.
+    """``clients`` threads against ``targets`` (client i uses ``targets[i % len(targets)]``, the style
+    ``styles[i % len(styles)]`` and the pace ``client_rates[i % len(client_rates)]``); flat out, or paced at
+    ``rate`` requests/s in total.
 
     ``phase`` labels the requests that START while it is set; ``set_targets`` re-routes clients (a load balancer
     draining an instance: a keep-alive client moves at its next request); ``in_flight()`` lists the requests
@@ -198,7 +201,8 @@ class LoadGenerator:
 
     def __init__(self, targets: str | Sequence[str], clients: int = 50, prefix: str = "/echo/lg",
                  timeout_s: float = 30.0, think_s: float = 0.0, backoff_on_503_s: float = 0.05,
-                 phase: str = "load", styles: Sequence[str] = (FRESH,), rate: float | None = None) -> None:
+                 phase: str = "load", styles: Sequence[str] = (FRESH,), rate: float | None = None,
+                 client_rates: Sequence[float | None] = (None,)) -> None:
         unknown = set(styles) - set(STYLES)
         if unknown or not styles:
             raise ValueError(f"styles must be some of {STYLES}, not {list(styles)}")
@@ -210,6 +214,7 @@ class LoadGenerator:
         self.phase = phase
         self.styles = tuple(styles)
         self.rate = rate
+        self.client_rates = tuple(client_rates) or (None,)
         self.results: list[Result] = []
         self.refused = 0
         self.refusals: list[tuple[float, str, str]] = []   # (time, phase, target) of each refused connection
@@ -298,7 +303,8 @@ class LoadGenerator:
     def _client(self, client: int) -> None:
         style = self.styles[client % len(self.styles)]
         conn: list[_Connection | None] = [None]   # the keep-alive connection, if any
-        interval = self.clients / self.rate if self.rate else 0.0
+        own_rate = self.client_rates[client % len(self.client_rates)]
+        interval = self.clients / self.rate if self.rate else 1 / own_rate if own_rate else 0.0
         next_at = time.monotonic() + random.uniform(0, interval)
         seq = 0
         try:
