@@ -68,14 +68,14 @@ def assert_converged(run: Run, *facts: str) -> None:
         assert run.facts.get(fact) is not None, f"group did not converge ({fact})\n{run.report()}"
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_scale_2_to_4_to_2_workers_loses_nothing(lab: Lab) -> None:
     run = scenario_scale(lab, clients=CLIENTS)
     assert_nothing_lost(run, "scaling up", "4 workers", "scaling down")
     assert_converged(run, "up_settled_s", "down_settled_s")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_second_instance_joins_and_stops_gracefully_loses_nothing(lab: Lab) -> None:
     run = scenario_second_instance(lab, clients=CLIENTS)
     assert_nothing_lost(run, "2nd joining", "2 instances", "2nd stopping")
