@@ -121,7 +121,11 @@ def test_broker_outage_fails_fast_and_recovers_without_restarts() -> None:
         run = scenario_broker_restart(own_lab, clients=CLIENTS, outage_s=3.0, recover_within_s=60)
     report = run.report()
     assert not run.mismatched(), report
-    assert all(r.outcome == OK for r in run.phase("before")), report
+    t_stop = next(t for t, name in run.events if name == "broker stop")
+    # steady state: every request answered before the broker went away was ok (one still in flight at the stop may
+    # have been lost with the broker's data: a 504 at its deadline)
+    done_before = [r for r in run.phase("before") if r.end < t_stop]
+    assert len(done_before) >= 20 and all(r.outcome == OK for r in done_before), report
     outage = run.phase("outage")  # started after every worker reported the broker down, before the restart
     assert len(outage) >= 20, report
     for r in outage:  # fail fast: never the 2 s a blocked send may wait (kafka.max_block_ms), nor the 5 s deadline
