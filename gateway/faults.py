@@ -5,7 +5,7 @@
 
 Each scenario starts a fresh gunicorn (real gevent workers, real broker, the echo example service), drives
 ``gateway.loadgen`` (50 clients, a unique token per request; half keep-alive, half a new connection per request; a
-third paced at 1 request/s, the rest flat out)
+third resting 0.5 s after each answer, the rest flat out)
 through one event, and returns a :class:`Run`: every request the clients made (with its phase), the connections
 refused, how many times each request's token is on the request topic (read after the run: a stale keep-alive retry
 must never have produced a second record), the gateway's reply-outcome counters over the run
@@ -514,9 +514,9 @@ class Scenario:
         for gw in self.gws:
             self.before[str(gw.metrics_dir)] = reply_counts(dir_metrics(gw))  # type: ignore[attr-defined]
         kwargs.setdefault("styles", self.styles)
-        # a third of the clients paced at 1 req/s each: their keep-alive connections sit idle between requests,
-        # so a stop closes some under their next request (stale-connection retries, checked by the token count)
-        kwargs.setdefault("client_rates", (None, None, None, None, 1.0, 1.0))
+        # a third of the clients rest 0.5 s after each answer: their keep-alive connections sit idle, so a stop
+        # closes some under their next request (stale-connection retries, checked by the token count)
+        kwargs.setdefault("client_think_s", (0.0, 0.0, 0.0, 0.0, 0.5, 0.5))
         self.lg = LoadGenerator(target, clients=self.clients, phase=phase, **kwargs).start()
         self.lg.mark(f"load ({phase})")
         return self.lg

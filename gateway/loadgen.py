@@ -17,8 +17,9 @@ Two client styles, mixed as you like (client ``i`` uses ``styles[i % len(styles)
 
 Pacing: flat out (closed loop: the next request as soon as the last one is answered), ``rate`` requests/s over
 all clients, or per client (``client_rates``, cycled like the styles: ``None`` is flat out). A paced client keeps
-its own fixed schedule and does not burst to catch up when it fell behind. A paced keep-alive client leaves its
-connection idle between requests: the case where a stopping server closes it under the next request.
+its own fixed schedule and does not burst to catch up when it fell behind. Or a rest after each answer
+(``think_s``, or per client ``client_think_s``): a keep-alive connection sits idle then, whatever the latency,
+which is when a stopping server closes it under the next request.
 
 A connection the target REFUSED (nothing listens: an instance that stopped) carried no byte of a request: it is
 counted (``refused``, with time, phase and target in ``refusals``) and tried again, and never appears as a request.
@@ -202,7 +203,7 @@ class LoadGenerator:
     def __init__(self, targets: str | Sequence[str], clients: int = 50, prefix: str = "/echo/lg",
                  timeout_s: float = 30.0, think_s: float = 0.0, backoff_on_503_s: float = 0.05,
                  phase: str = "load", styles: Sequence[str] = (FRESH,), rate: float | None = None,
-                 client_rates: Sequence[float | None] = (None,)) -> None:
+                 client_rates: Sequence[float | None] = (None,), client_think_s: Sequence[float] = ()) -> None:
         unknown = set(styles) - set(STYLES)
         if unknown or not styles:
             raise ValueError(f"styles must be some of {STYLES}, not {list(styles)}")
@@ -215,6 +216,7 @@ class LoadGenerator:
         self.styles = tuple(styles)
         self.rate = rate
         self.client_rates = tuple(client_rates) or (None,)
+        self.client_think_s = tuple(client_think_s) or (think_s,)
         self.results: list[Result] = []
         self.refused = 0
         self.refusals: list[tuple[float, str, str]] = []   # (time, phase, target) of each refused connection
@@ -304,6 +306,7 @@ class LoadGenerator:
         style = self.styles[client % len(self.styles)]
         conn: list[_Connection | None] = [None]   # the keep-alive connection, if any
         own_rate = self.client_rates[client % len(self.client_rates)]
+        think_s = self.client_think_s[client % len(self.client_think_s)]
         interval = self.clients / self.rate if self.rate else 1 / own_rate if own_rate else 0.0
         next_at = time.monotonic() + random.uniform(0, interval)
         seq = 0
@@ -322,8 +325,8 @@ class LoadGenerator:
                 seq += 1
                 if result.status == 503 and self.backoff_on_503_s:
                     time.sleep(self.backoff_on_503_s)   # a polite client honours Retry-After-ish back-off
-                elif self.think_s:
-                    time.sleep(self.think_s)
+                elif think_s:
+                    time.sleep(think_s)   # a keep-alive connection rests idle meanwhile
         finally:
             if conn[0] is not None:
                 conn[0].close()
