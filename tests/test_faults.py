@@ -30,7 +30,9 @@ from gateway.faults import (
 from gateway.loadgen import FRESH, KEEPALIVE, OK, percentile, summarize
 
 CLIENTS = 50
-RECOVERY_S = 20.0   # broker restart -> serving again: 6.3 s on a quiet machine (README)
+# broker restart -> first 200 / every client and worker serving again. Measured: 6.3 s on a quiet machine; first
+# 200 after 5.6-8.8 s, every worker 18.7-26.5 s at load average 11-25 (README, fault table)
+FIRST_200_S, RECOVERED_S = 20.0, 30.0
 
 
 def workdir() -> Path:
@@ -139,10 +141,9 @@ def test_broker_outage_fails_fast_and_recovers_without_restarts() -> None:
     reply_topic = next(t for t in configured if t != "echo.requests")
     assert back["echo.requests"] == configured["echo.requests"], report
     assert back[reply_topic] == configured[reply_topic] or run.facts["reply_topic_adopted"], report
-    # ~3x the quiet machine's 6.3 s: room for a loaded machine, and still catches a stall
-    assert run.facts["first_200_after_restart_s"] <= RECOVERY_S, report
-    assert run.facts["all_clients_served_s"] <= RECOVERY_S, report
-    assert run.facts["all_workers_ready_s"] <= RECOVERY_S, report
+    assert run.facts["first_200_after_restart_s"] <= FIRST_200_S, report
+    assert run.facts["all_clients_served_s"] <= RECOVERED_S, report
+    assert run.facts["all_workers_ready_s"] <= RECOVERED_S, report
     recovered = run.phase("recovered")
     assert recovered and all(r.outcome == OK for r in recovered), report
     assert run.facts["worker_pids_unchanged"] and run.facts["gunicorn_master_alive"], report
