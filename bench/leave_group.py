@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/leave_group.py        # both variants; prints seconds to converge (None: not in 60 s)
 
-Two members own a 16-partition topic; two new members join (their JoinGroup starts a rebalance) and the first two
-stop at once, as a gunicorn HUP does. With LeaveGroup (``close()``) the embedded broker (Tansu 0.6.0) keeps naming
-a departed member as the group's leader and the new members never get partitions; without it (the process just
-exits: the broker expires it after the session timeout) they do. README, "The reply group after scaling and
-reloads"; ``reply.leave_group_on_stop``.
+Two members own a 16-partition topic; two new members join, and once that rebalance has begun (an old member gave
+up its partitions to rejoin) the first two stop at once, as a gunicorn HUP does. With LeaveGroup (``close()``)
+the embedded broker (Tansu 0.6.0) kept naming a departed member as the group's leader in most runs, and the new
+members never got partitions (None); without it (the process just exits: the broker expires it after the session
+timeout) they always did.
+README, "The reply group after scaling and reloads"; ``reply.leave_group_on_stop``.
 """
 from __future__ import annotations
 
@@ -75,7 +76,10 @@ def converge_after_reload(bootstrap: str, leave: bool, limit_s: float = 60) -> f
         if wait({"A", "B"}) is None:
             raise RuntimeError("the first two members never got their partitions")
         member("C"), member("D")
-        time.sleep(0.5)
+        # their JoinGroup starts a rebalance: the old members give up their partitions to rejoin. Stop them then
+        t = time.monotonic()
+        while not (owned.get("A") == 0 or owned.get("B") == 0) and time.monotonic() - t < 30:
+            time.sleep(0.02)
         for p in old:
             p.send_signal(signal.SIGTERM)
         return wait({"C", "D"})
