@@ -45,7 +45,8 @@ def post_worker_init(worker):
 
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: "
                         "%(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python is chatty at INFO; GATEWAY_KAFKA_LOG_LEVEL=INFO shows its group joins and rebalances
+    logging.getLogger("kafka").setLevel(os.environ.get("GATEWAY_KAFKA_LOG_LEVEL", "WARNING").upper())
     # the async-results and events tails position while the reply side joins its group; the worker serves only
     # after both (docs/variants.md)
     worker.wsgi.extensions["variants"].start(wait_ready=False)

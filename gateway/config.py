@@ -139,6 +139,12 @@ class ReplySchema(_Strict):
     startup_wait_ms = fields.Integer(load_default=20000, validate=validate.Range(min=0),
                                      metadata={"doc": "How long a starting worker waits to own a reply partition "
                                                       "before it starts serving anyway (and reports not-ready)."})
+    leave_group_on_stop = fields.Boolean(load_default=True,
+                                         metadata={"doc": "A stopping worker leaves the reply group (its partitions "
+                                                          "move at once) instead of being expired after "
+                                                          "kafka.session_timeout_ms. Set false on brokers that "
+                                                          "mishandle LeaveGroup during a rebalance (the embedded "
+                                                          "broker: the group never converged after a reload)."})
 
 
 class LimitsSchema(_Strict):

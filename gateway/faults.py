@@ -4,10 +4,14 @@
     .venv/bin/python -m gateway.faults scale kill9     # some of them (scale second hup kill9 broker slow)
 
 Each scenario starts a fresh gunicorn (real gevent workers, real broker, the echo example service), drives
-``gateway.loadgen`` (50 clients, a unique token per request) through one event, and returns a :class:`Run`: every
-request the clients made (with its phase), the gateway's reply-outcome counters over the run
-(``gateway_replies_total``: late, foreign, duplicate), and the facts the assertions need (which requests a killed
-worker held, when the broker was back, ...). Nothing here asserts: the tests do; the CLI prints.
+``gateway.loadgen`` (50 clients, a unique token per request; half keep-alive, half a new connection per request; a
+third resting 0.5 s after each answer, the rest flat out)
+through one event, and returns a :class:`Run`: every request the clients made (with its phase), the connections
+refused, how many times each request's token is on the request topic (read after the run: a stale keep-alive retry
+must never have produced a second record), the gateway's reply-outcome counters over the run
+(``gateway_replies_total``: late, foreign, duplicate), when the reply group converged after each event, and the
+facts the assertions need (which requests a killed worker or the workers stopped by a HUP held, when the broker was
+back, ...). Nothing here asserts: the tests do; the CLI prints.
 
 The reply counters are read from the gateway's ``PROMETHEUS_MULTIPROC_DIR`` (the very files ``/metrics``
 renders), which this module chooses per gateway: so the numbers include what a stopped instance or a killed
@@ -34,17 +38,27 @@ from typing import Any, Callable
 import requests
 
 from .broker import EmbeddedBroker
-from .loadgen import FAILED, MISMATCHED, OK, LoadGenerator, Result, summarize
-from .testing import GunicornGateway, ServiceProcess, make_config, metric_value, wait_until, write_config
+from .loadgen import FAILED, FRESH, KEEPALIVE, MISMATCHED, OK, LoadGenerator, Result, summarize
+from .testing import (
+    GunicornGateway,
+    ProcessExited,
+    ServiceProcess,
+    make_config,
+    metric_value,
+    wait_until,
+    write_config,
+)
 
-ECHO = {"topic": "echo.requests", "content_types": ["*/*"], "timeout_ms": 5000}
+# a deadline far above any latency a loaded 2-core machine shows (p50 2-3 s at load 30): a 504 here means lost
+ECHO = {"topic": "echo.requests", "content_types": ["*/*"], "timeout_ms": 15000}
 FAULTY_TIMEOUT_MS = 2000
 FAULTY = {"topic": "faulty.requests", "methods": ["GET", "POST"], "content_types": ["*/*"],
           "timeout_ms": FAULTY_TIMEOUT_MS, "partitions": 1}
 REPLY_PARTITIONS = 16
 OUTCOMES = ("delivered", "late", "foreign", "duplicate", "invalid")
 STEADY_S = 2.0      # load window before and after each event
-SETTLE_S = 30.0     # how long to wait for the group to converge after an event (recorded, not asserted)
+SETTLE_S = 60.0     # how long the group may take to converge once the workers serve (asserted; seconds on a quiet
+                    # machine, 15-50 s when other suites load the 2 cores to a load average of 30-50)
 READY_S = 90.0      # how long new workers may take to be ready (generous: a loaded 2-core machine boots slowly)
 
 
@@ -64,6 +78,15 @@ def worker_pids(master_pid: int) -> set[int]:
         if int(fields[1]) == master_pid and fields[0] != "Z":
             pids.add(int(entry))
     return pids
+
+
+def signal_pending(pid: int, sig: int) -> bool:
+    """Whether *sig* is pending for process *pid* (sent, not handled yet: the process is stopped, for one)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & (1 << (sig - 1)):
+                return True
+    return False
 
 
 def held_client_ports(pid: int, server_port: int) -> set[int]:
@@ -201,6 +224,43 @@ def trace_records(bootstrap: str, topics: list[str], correlation_ids: set[str], 
     return found
 
 
+def produced_tokens(bootstrap: str, topic: str, prefix: str, expected: set[str], idle_s: float = 1.0,
+                    max_s: float = 60.0) -> Counter:
+    """How many records on *topic* carry each token that starts with *prefix* (a load generator's run id): the
+    requests the gateway produced, duplicates included. Reads from the start until every partition is read to the
+    end offsets taken now (those are only a hint on some brokers, TANSU.md), every *expected* token was seen, and
+    nothing came for *idle_s*."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    counts: Counter = Counter()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest", fetch_max_wait_ms=50, max_partition_fetch_bytes=4 << 20)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        seen = 0
+        last = started = time.monotonic()
+        while time.monotonic() - started < max_s:
+            for records in consumer.poll(timeout_ms=200, max_records=5000).values():
+                last = time.monotonic()
+                for rec in records:
+                    try:
+                        token = json.loads(rec.value)["token"]
+                    except (ValueError, TypeError, KeyError):
+                        continue
+                    if isinstance(token, str) and token.startswith(prefix):
+                        seen += counts[token] == 0 and token in expected
+                        counts[token] += 1
+            at_end = all(consumer.position(tp) >= ends.get(tp, 0) for tp in tps)
+            if at_end and seen >= len(expected) and time.monotonic() - last >= idle_s:
+                break
+    finally:
+        consumer.close()
+    return counts
+
+
 # -- the lab: a broker, services, gateways ---------------------------------------------------------------------
 class Lab:
     """One broker (optionally on a fixed port), the echo service, a work dir; gateways started on demand.
@@ -308,6 +368,12 @@ def _settled(state: dict[str, Any], workers: int) -> bool:
             and state["read"] == REPLY_PARTITIONS)
 
 
+def _alive(gws: list[GunicornGateway]) -> None:
+    for gw in gws:
+        if not gw.alive():
+            raise ProcessExited(f"gunicorn {gw.pid} exited ({gw.proc.returncode}); log {gw.log_path}")
+
+
 def wait_workers_ready(gws: list[GunicornGateway], workers: int, timeout_s: float = READY_S) -> float:
     """Until exactly *workers* live workers, each serving (reading a positioned reply partition it mints on:
     its own or, while the group has not assigned it any, a borrowed one). Returns the seconds it took; the
@@ -315,6 +381,7 @@ def wait_workers_ready(gws: list[GunicornGateway], workers: int, timeout_s: floa
     started = time.monotonic()
     state: dict[str, Any] = {}
     while time.monotonic() - started < timeout_s:
+        _alive(gws)
         state = group_state(gws)
         if state["live"] == workers and all(w.get("read", 0) >= 1 for w in state["per_worker"].values()):
             return time.monotonic() - started
@@ -331,6 +398,7 @@ def settle(sc: "Scenario", what: str, gws: list[GunicornGateway], workers: int, 
     deadline = time.monotonic() + timeout_s
     state: dict[str, Any] = {}
     while time.monotonic() < deadline:
+        _alive(gws)
         state = group_state(gws)
         if _settled(state, workers):
             sc.facts[what] = round(time.monotonic() - since, 2)
@@ -349,6 +417,8 @@ class Run:
     replies: dict[str, int] = field(default_factory=dict)   # reply-outcome counter deltas over the run
     facts: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[float, str]] = field(default_factory=list)
+    refusals: list[tuple[float, str, str]] = field(default_factory=list)   # (time, phase, target) refused
+    produced: Counter | None = None   # token -> records on the request topic (None: not counted)
     error: str = ""
     log_dir: str = ""
 
@@ -361,11 +431,36 @@ class Run:
     def mismatched(self) -> list[Result]:
         return [r for r in self.results if r.outcome == MISMATCHED]
 
+    def not_produced_once(self) -> dict[str, list[str]]:
+        """Requests whose token is not on the request topic the number of times their outcome requires: an ok
+        request exactly once, any request at most once, and no token of this run that no request carried.
+        Empty dict: every execution accounted for."""
+        if self.produced is None:
+            return {"not counted": []}
+        bad: dict[str, list[str]] = {}
+        tokens = {r.token for r in self.results}
+        for r in self.results:
+            n = self.produced.get(r.token, 0)
+            if n > 1 or (r.outcome == OK and n != 1):
+                bad.setdefault(f"{n}x {r.outcome}{' after a stale-connection retry' if r.stale_retry else ''}",
+                               []).append(f"[{r.phase}] client {r.client} seq {r.seq} {r.style} {r.token}")
+        unknown = [t for t in self.produced if t not in tokens]
+        if unknown:
+            bad["produced, no request carried it"] = unknown
+        return bad
+
     def report(self) -> str:
         """Per-phase summaries, counters, events and facts: assertion messages and the CLI's log."""
         lines = [f"{self.name}: {self.title}" + (f"\n  ERROR: {self.error}" if self.error else "")]
         for ph in dict.fromkeys(r.phase for r in self.results):
             lines.append(f"  [{ph}] {summarize(self.phase(ph))}")
+        lines.append(f"  refused connections: {len(self.refusals)} "
+                     f"{dict(Counter(f'{ph} {tg}' for _, ph, tg in self.refusals))}")
+        if self.produced is not None:
+            bad = self.not_produced_once()
+            lines.append(f"  request records: {sum(self.produced.values())} for {len(self.results)} requests; "
+                         + ("each as expected" if not bad else
+                            "; ".join(f"{k}: {len(v)} (e.g. {v[:3]})" for k, v in bad.items())))
         lines.append(f"  replies: {self.replies}")
         lines.append("  events: " + ", ".join(f"{name} @{t:.3f}" for t, name in self.events))
         for k, v in self.facts.items():
@@ -392,10 +487,13 @@ class Scenario:
     ``with Scenario(...) as sc:`` -- on the way out the load stops, failed requests are traced through the topics,
     every gateway is stopped and the reply counters are summed; an exception becomes :class:`ScenarioFailed`."""
 
-    def __init__(self, name: str, title: str, lab: Lab, clients: int) -> None:
+    def __init__(self, name: str, title: str, lab: Lab, clients: int,
+                 styles: tuple[str, ...] = (KEEPALIVE, FRESH), request_topic: str | None = ECHO["topic"]) -> None:
         self.run = Run(name, title, log_dir=str(lab.log_dir))
         self.lab = lab
         self.clients = clients
+        self.styles = styles
+        self.request_topic = request_topic   # where the requests' tokens are counted after the run
         self.gws: list[GunicornGateway] = []
         self.lg: LoadGenerator | None = None
         self.before: dict[str, dict[str, float]] = {}
@@ -415,6 +513,10 @@ class Scenario:
         started later counts from zero)."""
         for gw in self.gws:
             self.before[str(gw.metrics_dir)] = reply_counts(dir_metrics(gw))  # type: ignore[attr-defined]
+        kwargs.setdefault("styles", self.styles)
+        # a third of the clients rest 0.5 s after each answer: their keep-alive connections sit idle, so a stop
+        # closes some under their next request (stale-connection retries, checked by the token count)
+        kwargs.setdefault("client_think_s", (0.0, 0.0, 0.0, 0.0, 0.5, 0.5))
         self.lg = LoadGenerator(target, clients=self.clients, phase=phase, **kwargs).start()
         self.lg.mark(f"load ({phase})")
         return self.lg
@@ -442,7 +544,11 @@ class Scenario:
                     self.lg.stop()
                 self.run.results = list(self.lg.results)
                 self.run.events = list(self.lg.events)
-                self.facts.setdefault("refused_connects_retried", self.lg.refused)
+                self.run.refusals = list(self.lg.refusals)
+                if self.request_topic and self.lab.broker.running:
+                    expected = {r.token for r in self.run.results if r.outcome == OK}
+                    self.run.produced = produced_tokens(self.lab.bootstrap, self.request_topic, self.lg.run_id,
+                                                        expected)
                 self._diagnose()
         finally:
             for gw in self.gws:
@@ -498,6 +604,7 @@ def scenario_scale(lab: Lab, clients: int = 50) -> Run:
     with Scenario("scale", "TTIN x2 (2 -> 4 workers), then TTOU x2 (4 -> 2), under load", lab, clients) as sc:
         gw = sc.gateway(lab.config(), workers=2)
         wait_serving(gw)
+        settle(sc, "start_settled_s", [gw], 2, time.monotonic())
         lg = sc.load(gw.url, "2 workers")
         _hold(STEADY_S)
         t = lg.mark("TTIN", phase="scaling up")
@@ -568,16 +675,33 @@ def scenario_second_instance(lab: Lab, clients: int = 50) -> Run:
 
 # -- (c) rolling HUP -------------------------------------------------------------------------------------------
 def scenario_hup(lab: Lab, clients: int = 50) -> Run:
+    """The old workers are frozen (SIGSTOP) while the requests they hold are listed (client ports of the connections
+    they accepted, matched with the requests in flight) and until gunicorn's stop signal is pending for each, then
+    thawed: ``facts['held_at_hup']`` are requests the old workers held when their stop began, which the drain must
+    answer."""
     with Scenario("hup", "SIGHUP: gunicorn starts 2 new workers and stops the 2 old ones gracefully", lab,
                   clients) as sc:
         gw = sc.gateway(lab.config(), workers=2)
         wait_serving(gw)
+        settle(sc, "start_settled_s", [gw], 2, time.monotonic())
         lg = sc.load(gw.url, "before")
         _hold(STEADY_S)
         old = worker_pids(gw.pid)
-        t = lg.mark("HUP", phase="reloading")
-        gw.signal(signal.SIGHUP)
+        for pid in old:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            flying = {(c, start): port for c, _, start, port, state in lg.in_flight() if state == "sent"}
+            ports = set().union(*(held_client_ports(pid, gw.port) for pid in old))
+            t = lg.mark("HUP", phase="reloading")
+            gw.signal(signal.SIGHUP)
+            wait_until(lambda: all(signal_pending(pid, signal.SIGTERM) for pid in old), 15, 0.005,
+                       "gunicorn's stop pending for every old worker")
+            sc.facts["held_at_hup"] = sorted((c, start) for (c, start), port in flying.items() if port in ports)
+        finally:
+            for pid in old:
+                os.kill(pid, signal.SIGCONT)
         wait_until(lambda: not (worker_pids(gw.pid) & old), 60, 0.05, "old workers gone")
+        sc.facts["old_workers_gone_s"] = round(time.monotonic() - t, 2)
         wait_workers_ready([gw], 2)
         sc.facts["reload_ready_s"] = round(time.monotonic() - t, 2)
         sc.facts["workers"] = f"{sorted(old)} -> {sorted(worker_pids(gw.pid))}"
@@ -587,11 +711,19 @@ def scenario_hup(lab: Lab, clients: int = 50) -> Run:
     return sc.run
 
 
+def held_results(run: Run) -> list[Result]:
+    """The requests of ``facts['held_at_hup']``, as the clients saw them."""
+    held = set(map(tuple, run.facts.get("held_at_hup", [])))
+    return [r for r in run.results if (r.client, r.start) in held]
+
+
 # -- (d) kill -9 one worker ------------------------------------------------------------------------------------
 def scenario_kill9(lab: Lab, clients: int = 50) -> Run:
     """The victim is frozen (SIGSTOP) while the client ports of the connections it holds are read from /proc,
     then killed: ``facts['held_ports']`` is exactly the set of requests the killed worker held."""
-    with Scenario("kill9", "SIGKILL one of 2 workers; gunicorn replaces it", lab, clients) as sc:
+    # fresh connections only: a keep-alive client cannot tell a connection that died with the killed worker (whose
+    # request may have been produced) from one closed while idle, so its stale-connection retry would not be safe
+    with Scenario("kill9", "SIGKILL one of 2 workers; gunicorn replaces it", lab, clients, styles=(FRESH,)) as sc:
         gw = sc.gateway(lab.config(), workers=2)
         wait_serving(gw)
         lg = sc.load(gw.url, "before")
@@ -621,7 +753,7 @@ def scenario_broker_restart(lab: Lab, clients: int = 50, outage_s: float = 3.0, 
                             ) -> Run:
     """*lab* must be a Lab of its own: the broker comes back EMPTY (memory storage) on the same port."""
     with Scenario("broker", f"broker stopped for ~{outage_s:.0f} s, restarted EMPTY on the same port", lab,
-                  clients) as sc:
+                  clients, request_topic=None) as sc:   # the restart empties the request topic: nothing to count
         gw = sc.gateway(lab.config(), workers=2)
         wait_serving(gw)
         pids = worker_pids(gw.pid)
@@ -656,8 +788,11 @@ def scenario_broker_restart(lab: Lab, clients: int = 50, outage_s: float = 3.0, 
             sc.facts["all_workers_ready_s"] = round(time.monotonic() - t_start, 2)
         finally:
             # the broker came back empty: who re-created the topics, with how many partitions?
-            sc.facts["topics_after_restart"] = f"{topic_partitions(lab.bootstrap, list(wanted))} (configured " \
-                                               f"{wanted})"
+            sc.facts["topics_configured"] = wanted
+            sc.facts["topics_after_restart"] = topic_partitions(lab.bootstrap, list(wanted))
+            # a reply produced after the restart may auto-create the reply topic (the embedded broker, with its
+            # default 4 partitions) before the gateway re-creates it: then the workers must mint for what is there
+            sc.facts["reply_topic_adopted"] = "came back with" in gw.log()
         lg.mark("recovered", phase="recovered")
         _hold(STEADY_S)
         # a loaded machine may still be slow right after the recovery: judge at least one request per client
@@ -689,26 +824,29 @@ def _all_clients_ok_since(lg: LoadGenerator, since: float) -> float | None:
 # -- (f) a slow service, then a crash --------------------------------------------------------------------------
 def scenario_slow_crash(lab: Lab, clients: int = 50, slow_ms: int = FAULTY_TIMEOUT_MS + 1000) -> Run:
     """The faulty service answers at once, then sleeps *slow_ms* (> its timeout) per request: 504 at the
-    deadline, and each reply that still comes is counted late; then it is SIGKILLed in the middle of a request."""
+    deadline, and each reply that still comes is late; then it is SIGKILLed in the middle of a request.
+    ``facts['late_replies_on_topic']`` counts the replies on the reply topic for requests answered 504 (read after
+    the run): each one must have been counted ``late`` by the gateway. The group has settled before the load, so
+    every worker reads the partitions it minted on for the whole run."""
     with Scenario("slow", f"service sleeps {slow_ms} ms per request (timeout {FAULTY_TIMEOUT_MS} ms), then is "
-                  "killed mid-request", lab, clients) as sc:
+                  "killed mid-request", lab, clients, request_topic=FAULTY["topic"]) as sc:
         sc.trace_failures = lambda r: r.phase == "fast"  # the failures after the switch are the point
         control = lab.workdir / f"faulty-{time.monotonic_ns()}.json"
         busy = control.with_name(control.name + ".busy")
         lab.ensure_topics({"faulty.requests": 1})
         svc = lab.start_service(control.stem, "gateway.faulty_service", FAULTY_CONTROL=str(control))
-        gw = sc.gateway(lab.config({"faulty": FAULTY}), workers=2)
+        config = lab.config({"faulty": FAULTY})
+        gw = sc.gateway(config, workers=2)
         wait_serving(gw, "/faulty")
+        settle(sc, "start_settled_s", [gw], 2, time.monotonic())
         lg = sc.load(gw.url, "fast", prefix="/faulty/lg")
         _hold(STEADY_S)
         tmp = control.with_suffix(".tmp")
         tmp.write_text(json.dumps({"delay_ms": slow_ms}))
         tmp.rename(control)  # atomic: the service never reads half a file
-        t_slow = lg.mark("slow", phase="slow")
-        late0 = sc.before[str(gw.metrics_dir)]["late"]  # type: ignore[attr-defined]
-        wait_until(lambda: reply_counts(dir_metrics(gw))["late"] > late0, 15, 0.05, "a late reply counted")
-        sc.facts["first_late_after_s"] = round(time.monotonic() - t_slow, 2)
-        _hold(STEADY_S)
+        lg.mark("slow", phase="slow")
+        # long enough for the service to finish requests it sleeps on (their replies come late)
+        _hold(slow_ms / 1000 + STEADY_S)
         wait_until(busy.exists, 10, 0.005, "the service in the middle of a request")
         t_crash = lg.mark("SIGKILL service", phase="crashed")
         os.kill(svc.pid, signal.SIGKILL)
@@ -719,6 +857,11 @@ def scenario_slow_crash(lab: Lab, clients: int = 50, slow_ms: int = FAULTY_TIMEO
                    0.05, "in-flight back to 0")
         sc.facts["in_flight_zero_after_crash_s"] = round(time.monotonic() - t_crash, 2)
         sc.facts["service_exit"] = svc.proc.wait(5)
+        timed_out = {r.correlation_id for r in lg.results if r.status == 504 and r.correlation_id}
+        replies = trace_records(lab.bootstrap, [lab.configs[str(config)]["reply"]["topic"]], timed_out,
+                                lg.wall_offset)
+        sc.facts["answered_504"] = len(timed_out)
+        sc.facts["late_replies_on_topic"] = sum(len(v) for v in replies.values())
     return sc.run
 
 
@@ -738,33 +881,57 @@ def _codes(results: list[Result]) -> str:
     return ", ".join(f"{n}× {k}" for k, n in c.most_common()) or "none"
 
 
-def _s(facts: dict[str, Any], key: str) -> str:
-    if key not in facts:
-        return "?"
-    return f"in {facts[key]} s" if facts[key] is not None else f"NOT within {SETTLE_S:.0f} s"
+CONVERGED = {"scale": [("up", "up_settled_s"), ("down", "down_settled_s")],
+             "second": [("join", "join_settled_s"), ("leave", "leave_settled_s")],
+             "hup": [("reload", "reload_settled_s")], "kill9": [("replaced", "replaced_settled_s")],
+             "slow": [("start", "start_settled_s")]}
+
+
+def converged(key: str, facts: dict[str, Any]) -> str:
+    """When the reply group converged after each event of the scenario (seconds after the event)."""
+    parts = []
+    for label, fact in CONVERGED.get(key, []):
+        if fact in facts:
+            value = facts[fact]
+            parts.append(f"{label} {value} s" if value is not None else f"{label} NOT within {SETTLE_S:.0f} s")
+    return ", ".join(parts) or "–"
+
+
+def produced_once(run: Run) -> str:
+    if run.produced is None:
+        return "–"
+    bad = run.not_produced_once()
+    return "yes" if not bad else "; ".join(f"{len(v)}× {k}" for k, v in bad.items())
 
 
 def note(key: str, run: Run) -> str:
     f = run.facts
     text = ""
     if key == "kill9" and "held_by_victim" in f:
-        text = f"killed worker held {f['held_by_victim']} requests; failures {_codes(run.failed())}; group " \
-               f"settled {_s(f, 'replaced_settled_s')}"
+        text = f"killed worker held {f['held_by_victim']} requests; failures {_codes(run.failed())}"
     elif key == "broker" and "detect_s" in f:
         outage = run.phase("outage")
         worst = max((r.latency for r in outage), default=0) * 1000
         text = (f"outage: {len(outage)} requests, {_codes(outage)}, slowest {worst:.0f} ms; first 200 "
-                f"{f.get('first_200_after_restart_s')} s, every client {f.get('all_clients_served_s')} s after the "
-                f"restart")
+                f"{f.get('first_200_after_restart_s')} s, every client {f.get('all_clients_served_s')} s, every "
+                f"worker ready {f.get('all_workers_ready_s')} s after the restart; topics back "
+                + ("with their configured partition counts" if f.get("topics_after_restart") ==
+                   f.get("topics_configured") else f"as {f.get('topics_after_restart')} (configured "
+                   f"{f.get('topics_configured')}; the workers "
+                   f"{'adopted' if f.get('reply_topic_adopted') else 'did NOT adopt'} the reply topic's count)"))
     elif key == "slow" and run.results:
-        text = f"{_codes(run.failed())}; in flight 0 {f.get('in_flight_zero_after_crash_s')} s after the kill"
+        text = (f"{_codes(run.failed())}; {f.get('late_replies_on_topic')} replies came after the deadline, all "
+                f"counted late" if run.replies.get("late") == f.get("late_replies_on_topic") else
+                f"{_codes(run.failed())}; late counted {run.replies.get('late')} of "
+                f"{f.get('late_replies_on_topic')} late replies")
+        text += f"; in flight 0 {f.get('in_flight_zero_after_crash_s')} s after the kill"
     elif key == "second" and "held_by_2nd_at_sigterm" in f:
-        text = f"2nd held {f['held_by_2nd_at_sigterm']} requests at SIGTERM; group settled {_s(f, 'join_settled_s')}" \
-               f" / {_s(f, 'leave_settled_s')}"
-    elif key == "scale" and "up_ready_s" in f:
-        text = f"group settled {_s(f, 'up_settled_s')} / {_s(f, 'down_settled_s')}"
-    elif key == "hup" and "reload_ready_s" in f:
-        text = f"group settled {_s(f, 'reload_settled_s')}"
+        text = f"2nd held {f['held_by_2nd_at_sigterm']} requests at SIGTERM"
+    elif key == "hup" and "held_at_hup" in f:
+        held = held_results(run)
+        text = (f"old workers held {len(held)} requests when their stop began, "
+                f"{sum(r.outcome == OK for r in held)} answered ok; new workers serving "
+                f"{f.get('reload_ready_s')} s after the HUP")
     if key in ("scale", "second", "hup") and run.failed():
         text += f"; failures {_codes(run.failed())}"
     if run.error:
@@ -773,13 +940,16 @@ def note(key: str, run: Run) -> str:
 
 
 def table(rows: list[tuple[str, str, Run]]) -> str:
-    out = ["| scenario | requests | ok | failed | mismatched | p99 ms | late | foreign | duplicate | notes |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out = ["| scenario | requests (keep-alive + fresh) | ok | failed | mismatched | stale-connection retries | "
+           "refused | each produced once | p99 ms | late | foreign | duplicate | group converged | notes |",
+           "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|"]
     for key, label, run in rows:
         s = summarize(run.results)
         r = run.replies
-        out.append(f"| {label} | {s.requests} | {s.ok} | {s.failed} | {s.mismatched} | {s.p99_ms:.0f} | "
-                   f"{r.get('late', '-')} | {r.get('foreign', '-')} | {r.get('duplicate', '-')} | {note(key, run)} |")
+        out.append(f"| {label} | {s.requests} ({s.styles.get(KEEPALIVE, 0)} + {s.styles.get(FRESH, 0)}) | {s.ok} | "
+                   f"{s.failed} | {s.mismatched} | {s.stale_retries} | {len(run.refusals)} | {produced_once(run)} | "
+                   f"{s.p99_ms:.0f} | {r.get('late', '-')} | {r.get('foreign', '-')} | {r.get('duplicate', '-')} | "
+                   f"{converged(key, run.facts)} | {note(key, run)} |")
     return "\n".join(out)
 
 

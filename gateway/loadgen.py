@@ -1,34 +1,54 @@
-"""A closed-loop load driver for fault injection: N client threads, each request with a unique token checked
-against its reply.
+"""A load driver for fault injection: N client threads, each request with a unique token checked against its reply.
 
-Every request is ``POST <target><prefix>/<client>/<seq>`` with the JSON body ``{"token": "<client>-<seq>-<hex>"}``
-on a NEW connection (``Connection: close``): a keep-alive connection that a stopping worker closes between two
-requests is a client-side race of HTTP keep-alive, not a request the gateway lost, and a fresh connection per
-request keeps the two apart. A reply is ``ok`` only when it is a 200 whose JSON carries exactly the body and path
-this request sent (the echo service mirrors both; ``gateway.faulty_service`` too); a 200 with anybody else's body
-is ``mismatched``; everything else (non-200, connection error, client timeout) is ``failed``.
+Every request is ``POST <target><prefix>/<client>/<seq>`` with the JSON body
+``{"token": "<run>-<client>-<seq>-<hex>"}``. A reply is ``ok`` only when it is a 200 whose JSON carries exactly the
+body and path this request sent (the echo service mirrors both; ``gateway.faulty_service`` too); a 200 with anybody
+else's body is ``mismatched``; everything else (non-200, connection error, client timeout) is ``failed``.
 
-The one thing retried is a connection the target REFUSED (nothing listens: an instance that stopped): no byte of
-the request was sent, nobody could have lost it, so the client counts it in ``refused`` and tries again; it never
-appears as a request.
+Two client styles, mixed as you like (client ``i`` uses ``styles[i % len(styles)]``):
 
-Used by ``tests/test_faults.py`` and ``gateway.faults`` (the fault table). Threads are fine for ~50 clients: they
-spend their time blocked on sockets.
+* ``fresh``: a new connection per request (``Connection: close``).
+* ``keepalive``: one persistent connection per client, re-opened when the server says ``Connection: close``. When a
+  REUSED connection fails with EOF or a reset before any byte of the response arrived, the request is sent once
+  more on a new connection and counted as a ``stale_retry``: a server closing an idle keep-alive connection races
+  with the client's next request on the wire, and the retry is safe only because the gateway never processes a
+  request on a connection it closes while idle (``gateway.worker``). The fault suite proves it: every token must be
+  on the request topic exactly once. A failure on a NEW connection, or after a response byte, is never retried.
+
+Pacing: flat out (closed loop: the next request as soon as the last one is answered), ``rate`` requests/s over
+all clients, or per client (``client_rates``, cycled like the styles: ``None`` is flat out). A paced client keeps
+its own fixed schedule and does not burst to catch up when it fell behind. Or a rest after each answer
+(``think_s``, or per client ``client_think_s``): a keep-alive connection sits idle then, whatever the latency,
+which is when a stopping server closes it under the next request.
+
+A connection the target REFUSED (nothing listens: an instance that stopped) carried no byte of a request: it is
+counted (``refused``, with time, phase and target in ``refusals``) and tried again, and never appears as a request.
+Where nothing should refuse (a reload, a scale-down), the fault suite asserts there was none.
+
+Used by ``tests/test_faults.py``, ``tests/test_drain.py`` and ``gateway.faults`` (the fault table). Threads are fine
+for ~50 clients: they spend their time blocked on sockets.
 """
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import math
+import random
+import socket
 import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 from urllib.parse import urlparse
 
 OK, FAILED, MISMATCHED = "ok", "failed", "mismatched"
+FRESH, KEEPALIVE = "fresh", "keepalive"
+STYLES = (FRESH, KEEPALIVE)
+# what a server closing a connection under a request looks like to http.client
+CLOSED_UNDER_US = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, http.client.RemoteDisconnected)
 
 
 @dataclass
@@ -46,6 +66,10 @@ class Result:
     error: str = ""             # problem+json code, or the exception's type name
     correlation_id: str = ""    # X-Correlation-Id of the response (hex), when there was one
     local_port: int = 0         # client port of the connection (maps the request to a server-side socket)
+    style: str = FRESH
+    token: str = ""
+    stale_retry: bool = False   # first sent on a reused keep-alive connection that the server had closed
+    reused: bool = False        # answered on a keep-alive connection opened for an earlier request
 
     @property
     def latency(self) -> float:
@@ -63,14 +87,17 @@ class Summary:
     ok: int = 0
     failed: int = 0
     mismatched: int = 0
+    stale_retries: int = 0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     max_ms: float = 0.0
     statuses: Counter = field(default_factory=Counter)   # status (or error type) -> count, failed ones only
+    styles: Counter = field(default_factory=Counter)     # requests per client style
     throughput: float = 0.0                             # requests/s over the window the results span
 
     def __str__(self) -> str:
-        return (f"{self.requests} requests, {self.ok} ok, {self.failed} failed, {self.mismatched} mismatched, "
+        return (f"{self.requests} requests ({dict(self.styles)}), {self.ok} ok, {self.failed} failed, "
+                f"{self.mismatched} mismatched, {self.stale_retries} stale-connection retries, "
                 f"p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms, max {self.max_ms:.0f} ms, "
                 f"{self.throughput:.0f} req/s, failures {dict(self.statuses)}")
 
@@ -89,6 +116,8 @@ def summarize(results: Iterable[Result]) -> Summary:
     s = Summary(requests=len(results))
     lat = [r.latency * 1000 for r in results]
     for r in results:
+        s.styles[r.style] += 1
+        s.stale_retries += r.stale_retry
         if r.outcome == OK:
             s.ok += 1
         elif r.outcome == MISMATCHED:
@@ -103,24 +132,94 @@ def summarize(results: Iterable[Result]) -> Summary:
     return s
 
 
+class _CountingSocket:
+    """A client socket that counts the bytes received since :attr:`received` was reset (http.client reads through
+    ``makefile``): tells "closed before any response byte" from "cut off mid-response"."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.received = 0
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        # the socket's own raw file keeps the descriptor open while the response is read (http.client closes the
+        # connection before reading a Connection: close response)
+        return io.BufferedReader(_CountingRaw(self, self._sock.makefile("rb", buffering=0)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _CountingRaw(io.RawIOBase):
+    def __init__(self, owner: _CountingSocket, raw: Any) -> None:
+        self._owner = owner
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = self._raw.readinto(buf) or 0
+        self._owner.received += n
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _Connection(http.client.HTTPConnection):
+    def __init__(self, target: str, timeout_s: float) -> None:
+        url = urlparse(target)
+        super().__init__(url.hostname or "127.0.0.1", url.port, timeout=timeout_s)
+        self.target = target
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _CountingSocket(self.sock)  # type: ignore[assignment]
+
+    @property
+    def received(self) -> int:
+        return self.sock.received if isinstance(self.sock, _CountingSocket) else 0
+
+    @property
+    def port_(self) -> int:
+        return self.sock.getsockname()[1] if self.sock is not None else 0
+
+
+class _Refused(Exception):
+    """Nothing listens: no byte of any request was sent."""
+
+
 class LoadGenerator:
-    """``clients`` threads in a closed loop against ``targets`` (client i uses ``targets[i % len(targets)]``).
+    """``clients`` threads against ``targets`` (client i uses ``targets[i % len(targets)]``, the style
+    ``styles[i % len(styles)]`` and the pace ``client_rates[i % len(client_rates)]``); flat out, or paced at
+    ``rate`` requests/s in total.
 
     ``phase`` labels the requests that START while it is set; ``set_targets`` re-routes clients (a load balancer
-    draining an instance); ``in_flight()`` lists the requests outstanding right now.
+    draining an instance: a keep-alive client moves at its next request); ``in_flight()`` lists the requests
+    outstanding right now.
     """
 
     def __init__(self, targets: str | Sequence[str], clients: int = 50, prefix: str = "/echo/lg",
                  timeout_s: float = 30.0, think_s: float = 0.0, backoff_on_503_s: float = 0.05,
-                 phase: str = "load") -> None:
+                 phase: str = "load", styles: Sequence[str] = (FRESH,), rate: float | None = None,
+                 client_rates: Sequence[float | None] = (None,), client_think_s: Sequence[float] = ()) -> None:
+        unknown = set(styles) - set(STYLES)
+        if unknown or not styles:
+            raise ValueError(f"styles must be some of {STYLES}, not {list(styles)}")
         self.clients = clients
         self.prefix = prefix
         self.timeout_s = timeout_s
         self.think_s = think_s
         self.backoff_on_503_s = backoff_on_503_s
         self.phase = phase
+        self.styles = tuple(styles)
+        self.rate = rate
+        self.client_rates = tuple(client_rates) or (None,)
+        self.client_think_s = tuple(client_think_s) or (think_s,)
         self.results: list[Result] = []
         self.refused = 0
+        self.refusals: list[tuple[float, str, str]] = []   # (time, phase, target) of each refused connection
         self.events: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         self._targets: tuple[str, ...] = ()
@@ -151,7 +250,7 @@ class LoadGenerator:
         self.events.append((t, event))
         return t
 
-    def start(self) -> "LoadGenerator":
+    def start(self) -> LoadGenerator:
         self._threads = [threading.Thread(target=self._client, args=(i,), name=f"loadgen-{i}", daemon=True)
                          for i in range(self.clients)]
         for t in self._threads:
@@ -161,7 +260,7 @@ class LoadGenerator:
     def stop(self, timeout_s: float | None = None) -> list[Result]:
         """Let every client finish its current request, then return all results."""
         self._stop.set()
-        deadline = time.monotonic() + (self.timeout_s + 5 if timeout_s is None else timeout_s)
+        deadline = time.monotonic() + (2 * self.timeout_s + 5 if timeout_s is None else timeout_s)
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         alive = [t.name for t in self._threads if t.is_alive()]
@@ -173,7 +272,7 @@ class LoadGenerator:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def __enter__(self) -> "LoadGenerator":
+    def __enter__(self) -> LoadGenerator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -204,20 +303,47 @@ class LoadGenerator:
 
     # -- the clients -----------------------------------------------------------------------------------------
     def _client(self, client: int) -> None:
+        style = self.styles[client % len(self.styles)]
+        conn: list[_Connection | None] = [None]   # the keep-alive connection, if any
+        own_rate = self.client_rates[client % len(self.client_rates)]
+        think_s = self.client_think_s[client % len(self.client_think_s)]
+        interval = self.clients / self.rate if self.rate else 1 / own_rate if own_rate else 0.0
+        next_at = time.monotonic() + random.uniform(0, interval)
         seq = 0
-        while not self._stop.is_set():
-            result = self._one(client, seq)
-            if result is None:        # refused: nothing was sent
-                time.sleep(0.02)
-                continue
-            self.results.append(result)
-            seq += 1
-            if result.status == 503 and self.backoff_on_503_s:
-                time.sleep(self.backoff_on_503_s)   # a polite client honours Retry-After-ish back-off
-            elif self.think_s:
-                time.sleep(self.think_s)
+        try:
+            while not self._stop.is_set():
+                if interval:
+                    delay = next_at - time.monotonic()
+                    if delay > 0 and self._stop.wait(delay):
+                        break
+                    next_at = max(next_at + interval, time.monotonic())   # behind schedule: no burst
+                result = self._one(client, seq, style, conn)
+                if result is None:        # refused: nothing was sent
+                    time.sleep(0.02)
+                    continue
+                self.results.append(result)
+                seq += 1
+                if result.status == 503 and self.backoff_on_503_s:
+                    time.sleep(self.backoff_on_503_s)   # a polite client honours Retry-After-ish back-off
+                elif think_s:
+                    time.sleep(think_s)   # a keep-alive connection rests idle meanwhile
+        finally:
+            if conn[0] is not None:
+                conn[0].close()
 
-    def _one(self, client: int, seq: int) -> Result | None:
+    def _connect(self, target: str) -> _Connection:
+        conn = _Connection(target, self.timeout_s)
+        try:
+            conn.connect()
+        except ConnectionRefusedError:
+            conn.close()
+            with self._lock:
+                self.refused += 1
+                self.refusals.append((time.monotonic(), self.phase, target))
+            raise _Refused from None
+        return conn
+
+    def _one(self, client: int, seq: int, style: str, keep: list[_Connection | None]) -> Result | None:
         path = f"{self.prefix}/{client}/{seq}"
         token = f"{self.run_id}-{client}-{seq}-{uuid.uuid4().hex}"
         body = json.dumps({"token": token})
@@ -226,28 +352,57 @@ class LoadGenerator:
             phase = self.phase
             start = time.monotonic()
             self._current[client] = (target, start, 0, "connecting")
-        url = urlparse(target)
-        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=self.timeout_s)
+        headers = {"Content-Type": "application/json"}
+        if style == FRESH:
+            headers["Connection"] = "close"
         status: int | None = None
         error = correlation_id = ""
         port = 0
         outcome = FAILED
+        stale = reused = False
+        conn = keep[0]
+        if conn is not None and conn.target != target:   # re-routed (a load balancer moved this client)
+            conn.close()
+            conn = keep[0] = None
         try:
-            try:
-                conn.connect()
-            except ConnectionRefusedError:
+            while True:
+                reused = conn is not None
+                if conn is None:
+                    try:
+                        conn = self._connect(target)
+                    except _Refused:
+                        if not stale:
+                            return None   # not a request: nothing was sent
+                        if self._stop.is_set() or time.monotonic() - start > self.timeout_s:
+                            raise
+                        time.sleep(0.02)
+                        continue
+                port = conn.port_
                 with self._lock:
-                    self.refused += 1
-                return None
-            port = conn.sock.getsockname()[1]
-            with self._lock:
-                self._current[client] = (target, start, port, "sent")
-            conn.request("POST", path, body=body,
-                         headers={"Content-Type": "application/json", "Connection": "close"})
-            resp = conn.getresponse()
-            raw = resp.read()
+                    self._current[client] = (target, start, port, "sent")
+                try:
+                    conn.sock.received = 0  # type: ignore[union-attr]
+                    conn.request("POST", path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    raw = resp.read()
+                except CLOSED_UNDER_US:
+                    if reused and not stale and conn.received == 0:
+                        # a stale keep-alive connection: closed by the server while idle, before our request
+                        # reached a worker that would process it. Once, on a new connection.
+                        stale = True
+                        conn.close()
+                        conn = keep[0] = None
+                        continue
+                    raise
+                break
             status = resp.status
             correlation_id = resp.getheader("X-Correlation-Id") or ""
+            if style == KEEPALIVE and not resp.will_close:
+                keep[0] = conn
+            else:
+                conn.close()
+                keep[0] = None
+            conn = None
             if status == 200:
                 try:
                     reply = json.loads(raw)
@@ -263,8 +418,10 @@ class LoadGenerator:
         except Exception as exc:  # noqa: BLE001 - every client-side failure is a data point
             error = type(exc).__name__
         finally:
-            conn.close()
+            if conn is not None:   # failed mid-way: never reuse it
+                conn.close()
+                keep[0] = None
             with self._lock:
                 self._current.pop(client, None)
         return Result(client, seq, phase, target, start, time.monotonic(), status, outcome, error, correlation_id,
-                      port)
+                      port, style, token, stale, reused and not stale)

@@ -42,7 +42,22 @@ log = logging.getLogger(__name__)
 
 
 class GroupMembership(ConsumerRebalanceListener):
-    """Group member on the reply topic that reports its assignment and fetches nothing."""
+    """Group member on the reply topic that reports its assignment and fetches nothing.
+
+    What keeps the group converging (measured: README, "The reply group after scaling and reloads"):
+
+    * It polls for ``kafka.heartbeat_interval_ms`` at a time, not 200 ms (it fetches nothing; a rebalance is
+      noticed by a heartbeat anyway). kafka-python 3.0.12 runs a join on its IO thread and throws away a join that
+      completed while no poll() was waiting for it: the next poll sees the finished task and sends a new JoinGroup.
+      With 200 ms polls on a busy worker that hit many joins, each one costing a whole rejoin.
+    * The watchdog for a member stuck without partitions waits longer than the rebalance timeout before it asks for
+      a rejoin, backs off, and never re-creates the member.
+    * ``reply.leave_group_on_stop = false`` on brokers that mishandle LeaveGroup: the embedded broker (Tansu 0.6.0)
+      keeps naming a member that sent LeaveGroup during a rebalance (a reload: two workers leave while two join) as
+      the leader of every next generation; nobody computes the assignment and the group never converges. Going
+      without LeaveGroup is valid Kafka behaviour (a crash looks the same): the broker expires the member after
+      ``kafka.session_timeout_ms``, and until then its partitions have no owner, which no request notices
+      (readership is not ownership)."""
 
     def __init__(self, config: Config, on_assigned: Callable[[set[int]], None]) -> None:
         self.config = config
@@ -64,16 +79,15 @@ class GroupMembership(ConsumerRebalanceListener):
             **self.config.kafka_client_kwargs(), group_id=self.config.reply["group_id"],
             enable_auto_commit=False, session_timeout_ms=k["session_timeout_ms"],
             heartbeat_interval_ms=k["heartbeat_interval_ms"],
-            # = the rebalance timeout: how long a rebalance waits for members that vanished mid-way. This member
-            # polls every 200 ms, so it can be short-ish (a long one stalls new workers' first assignment), but a
-            # busy worker must still make it back in time, or it is dropped and the group rebalances again.
+            # = the rebalance timeout: how long a rebalance waits for members that vanished mid-way (a long one
+            # stalls new workers' first assignment). This member polls every session_timeout_ms, well within it.
             max_poll_interval_ms=2 * k["session_timeout_ms"],
             partition_assignment_strategy=[StickyPartitionAssignor],
             allow_auto_create_topics=False)  # a broker's default partition count would break key minting
         consumer.subscribe([self.topic], listener=self)
         return consumer
 
-    # ConsumerRebalanceListener: called inside poll(), in this greenlet
+    # ConsumerRebalanceListener: called by kafka-python during a join
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         # Keep minting on the last assignment until the new one arrives: the reader still reads those partitions.
         self._since_unassigned = time.monotonic()
@@ -83,6 +97,8 @@ class GroupMembership(ConsumerRebalanceListener):
         if self._consumer is not None and assigned:
             self._consumer.pause(*assigned)
         metrics.REBALANCES.inc()
+        log.info("reply group: %d partitions assigned %.1fs after the last revocation", len(parts),
+                 time.monotonic() - self._since_unassigned)
         self.assigned = parts
         if not parts:
             log.error("this worker owns NO reply partition of %s: it will report not-ready. Give the reply topic at "
@@ -94,42 +110,44 @@ class GroupMembership(ConsumerRebalanceListener):
         self.on_partitions_revoked(lost)
 
     def _run(self) -> None:
-        stuck_after = 2 * self.config.kafka["session_timeout_ms"] / 1000
-        recreate_after = 5 * self.config.kafka["session_timeout_ms"] / 1000
-        nudged = False
+        k = self.config.kafka
+        # A join may take the whole rebalance timeout (2x session: the broker waits for slow members), so only
+        # longer is "stuck" (kafka-python can stay "rebalancing" for good, TANSU.md): then ask for a rejoin, and
+        # again with a growing interval. No re-created member: closing one sends LeaveGroup, which during a
+        # rebalance kept the embedded broker's group from ever converging (see the class docstring).
+        nudge_after = first_nudge_after = 3 * k["session_timeout_ms"] / 1000
         self._since_unassigned = time.monotonic()  # count from the first poll, not from construction
         while not self._stopping:
             consumer = self._consumer
             assert consumer is not None
             try:
-                consumer.poll(timeout_ms=200)
+                consumer.poll(timeout_ms=k["heartbeat_interval_ms"])
             except Exception as exc:  # noqa: BLE001 - keep the member alive; the client reconnects by itself
                 log.warning("reply-group poll failed (%s: %s); retrying", type(exc).__name__, exc)
                 gevent.sleep(0.5)
                 continue
+            unassigned_s = time.monotonic() - self._since_unassigned
             if consumer.assignment():
                 self._since_unassigned = time.monotonic()
-                nudged = False
-            elif not nudged and time.monotonic() - self._since_unassigned > stuck_after:
-                # kafka-python can stay "rebalancing" for good (TANSU.md). First ask for a rejoin; if that does
-                # not help for a while, start over with a fresh member (it only carries ownership). Not sooner:
-                # every new member rebalances the whole group, and the worker serves on its borrowed partition.
-                log.warning("no reply-partition assignment for %.1fs; requesting a rejoin", stuck_after)
+                nudge_after = first_nudge_after
+            elif unassigned_s > nudge_after:
+                log.warning("no reply-partition assignment for %.1fs; requesting a rejoin", unassigned_s)
+                # private: kafka-python has no public "rejoin"; tests/test_lab.py fails if it goes away
                 consumer._coordinator.request_rejoin()  # noqa: SLF001
-                nudged = True
-            elif time.monotonic() - self._since_unassigned > recreate_after:
-                self._since_unassigned = time.monotonic()
-                log.warning("still no reply-partition assignment; re-creating the group member")
-                try:
-                    consumer.close(autocommit=False, timeout_ms=1000)
-                except Exception:  # noqa: BLE001
-                    log.debug("closing the stuck member failed", exc_info=True)
-                self._consumer = self._new_consumer()
-                nudged = False
+                nudge_after = min(2 * nudge_after, 600.0) + unassigned_s
 
     def stop(self, timeout_ms: int = 3000) -> None:
-        """Leave the group cleanly (partitions move to the other members at once, not after a session timeout)."""
+        """At worker exit: leave the group (its partitions move at once), or, with reply.leave_group_on_stop
+        false, just go: the broker expires the member once the process is gone (the consumer is not closed, since
+        closing sends LeaveGroup)."""
         self._stopping = True
+        if self._greenlet is not None:
+            # parked in a poll: end it now (a join in flight goes on on kafka-python's IO thread)
+            self._greenlet.kill(block=True, timeout=1)
+        if not self.config.reply["leave_group_on_stop"]:
+            log.info("not leaving the reply group (reply.leave_group_on_stop = false): the broker expires this "
+                     "member after %d ms", self.config.kafka["session_timeout_ms"])
+            return
         stop_loop(self._greenlet, self._consumer, timeout_ms, "reply-group consumer")
 
 
