@@ -289,8 +289,10 @@ def is_gateway_problem(content_type: str | None, body: bytes) -> bool:
 # -- strategies ---------------------------------------------------------------------------------------------------
 TOKEN = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
 # text with everything a JSON string can carry: lone surrogates, non-Latin-1, controls, quotes
-HOSTILE_CHAR = st.one_of(st.characters(), st.characters(categories=["Cs"]), st.sampled_from("€\x00\r\n\t\"\\é\u2028"))
-HOSTILE_TEXT = st.text(HOSTILE_CHAR, max_size=30)
+# (chunks, not one alphabet: hypothesis weighs an alphabet's parts by size, so surrogates would hardly appear)
+HOSTILE_TEXT = st.one_of(st.text(max_size=30), st.lists(st.one_of(
+    st.text(max_size=6), st.text(st.characters(categories=["Cs"]), min_size=1, max_size=2),
+    st.sampled_from(["€", "\x00", "\r\n", "\t", '"', "\\", "é", "\u2028", "\U0001f600"])), max_size=6).map("".join))
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | HOSTILE_TEXT,
                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(HOSTILE_TEXT, kids, max_size=4),
                     max_leaves=12)
@@ -392,8 +394,8 @@ def keepalive_http(fuzz_gateway: GunicornGateway) -> Iterator[RawHTTP]:
               "fresh": False})
 def test_http_requests_get_a_clear_answer_and_never_a_gateway_500(healthy, keepalive_http, req):
     """Any request line, headers and body, on a keep-alive or a fresh connection: a complete response (no hang),
-    no 5xx made by the gateway except 502/503/504 as problem+json, echo saw exactly what was sent, and the
-    keep-alive connection still frames responses correctly."""
+    no 5xx made by the gateway except 502/503/504 as problem+json, a 4xx of the gateway's own is a problem with a
+    detail, echo saw exactly what was sent, and the keep-alive connection still frames responses correctly."""
     conn = RawHTTP(healthy.url) if req["fresh"] else keepalive_http
     head = req["method"] == "HEAD"
     try:
@@ -416,6 +418,9 @@ def test_http_requests_get_a_clear_answer_and_never_a_gateway_500(healthy, keepa
     check_status(resp.status, ctype, resp.body, service_made)
     if resp.status >= 500:
         assert from_app, f"{resp.status} from gunicorn itself: {resp.body[:300]!r}"
+    if from_app and 400 <= resp.status < 500 and resp.header("X-Correlation-Id") is None and not head:
+        # refused by the gateway itself (no service asked): a problem that says what to fix
+        assert is_gateway_problem(ctype, resp.body) and json.loads(resp.body)["detail"], (resp.status, resp.body)
     if echoed is not None:                                      # the service saw what the client sent
         assert echoed["method"] == req["method"]
         sent = (base64.b64decode(echoed["body"]) if echoed["body_encoding"] == "base64"
@@ -432,24 +437,26 @@ def test_http_requests_get_a_clear_answer_and_never_a_gateway_500(healthy, keepa
 # ------------------------------------------------------------------------------------------------------------------
 # 2. websocket frames
 # ------------------------------------------------------------------------------------------------------------------
-# each field: a usable value half the time (so that frames reach the deeper code), anything else otherwise
-WS_SERVICES = st.one_of(st.sampled_from(["wsecho", "echo"]), st.sampled_from(["jsononly", "nosuch", "", "ECHO"]) | JSON)
-WS_METHODS = st.one_of(st.just("POST"), st.sampled_from(["GET", "post", "PUT", "DELETE", "BREW", ""]) | JSON)
-WS_PATHS = st.one_of(HOSTILE_TEXT.map(lambda s: "/" + s),
-                     st.sampled_from(["", "/", "/x?y=1", "?q", "/\ud800", "/€", "no-slash"]) | JSON)
-WS_HEADERS = st.one_of(
-    st.dictionaries(st.sampled_from(["X-Request-Id", "accept", "content-type", "traceparent", "Authorization"]),
-                    st.one_of(HOSTILE_TEXT, st.sampled_from(["€", "\ud800", "a\r\nb", "x" * 9000])), max_size=3),
-    st.dictionaries(HOSTILE_TEXT, HOSTILE_TEXT, max_size=2) | JSON)
-WS_BODIES = st.one_of(JSON, st.text(max_size=50), st.integers(8200, 20000).map(lambda n: "x" * n))
-WS_IDS = st.one_of(st.text(max_size=20) | st.integers(-2**70, 2**70),
-                   st.booleans() | st.floats(allow_nan=False) | st.none() | st.lists(st.integers(), max_size=2)
-                   | st.just("i" * 200))
+PRINTABLE = st.text(st.characters(exclude_categories=("Cs", "Cc")), max_size=20)
+WS_HEADER_VALUES = st.one_of(PRINTABLE, HOSTILE_TEXT, st.sampled_from(["€", "\ud800", "a\r\nb", "x" * 9000]))
+# what a field of a request frame may be instead of a usable value
+WS_SPOILED = {
+    "id": st.booleans() | st.floats(allow_nan=False) | st.none() | st.lists(st.integers(), max_size=2)
+    | st.just("i" * 200),
+    "service": st.sampled_from(["jsononly", "nosuch", "", "ECHO"]) | JSON,
+    "method": st.sampled_from(["GET", "post", "PUT", "DELETE", "BREW", ""]) | JSON,
+    "path": st.sampled_from(["?q", "no-slash", "/x?y=\ud800"]) | JSON,
+    "headers": st.dictionaries(HOSTILE_TEXT, HOSTILE_TEXT, max_size=2) | JSON,
+    "body": st.text(max_size=50) | st.integers(8200, 20000).map(lambda n: "x" * n),
+}
 
 
 @st.composite
 def ws_frames(draw: st.DrawFn) -> tuple[str, Any]:
-    kind = draw(st.sampled_from(["request", "request", "request", "json", "text", "binary", "deep"]))
+    """A usable request frame whose strings may be hostile (lone surrogates, non-Latin-1 header values, CR/LF),
+    with up to two fields spoiled (wrong type, missing) or an unknown one added; or any JSON, text, binary, or a
+    deeply nested body."""
+    kind = draw(st.sampled_from(["request"] * 4 + ["json", "text", "binary", "deep"]))
     if kind == "binary":
         return "binary", draw(st.binary(max_size=100))
     if kind == "text":
@@ -460,14 +467,22 @@ def ws_frames(draw: st.DrawFn) -> tuple[str, Any]:
         depth = draw(st.integers(1, 3000))
         return "text", '{"id": "deep", "service": "wsecho", "method": "POST", "body": ' + "[" * depth + "]" * depth \
             + "}"
-    fields = {"id": WS_IDS, "service": WS_SERVICES, "method": WS_METHODS, "path": WS_PATHS, "headers": WS_HEADERS,
-              "body": WS_BODIES}
-    frame = {}
-    for name, strategy in fields.items():
-        if draw(st.integers(0, 4)) > 0:                       # each field present 4 times in 5
-            frame[name] = draw(strategy)
-    if draw(st.integers(0, 5)) == 0:
-        frame[draw(st.text(max_size=8))] = draw(JSON)          # an extra (maybe unknown) field
+    frame: dict[str, Any] = {
+        "id": draw(st.text(max_size=20) | st.integers(-2**63, 2**63)),
+        "service": draw(st.sampled_from(["wsecho", "echo"])),
+        "method": "POST",
+        "path": "/" + draw(PRINTABLE | HOSTILE_TEXT),
+        "headers": draw(st.dictionaries(st.sampled_from(["X-Request-Id", "accept", "content-type", "traceparent",
+                                                          "Authorization"]), WS_HEADER_VALUES, max_size=3)),
+        "body": draw(JSON),
+    }
+    for name in draw(st.lists(st.sampled_from([*WS_SPOILED, "extra"]), max_size=2, unique=True)):
+        if name == "extra":
+            frame[draw(st.text(max_size=8))] = draw(JSON)
+        elif draw(st.booleans()):
+            del frame[name]
+        else:
+            frame[name] = draw(WS_SPOILED[name])
     text = json_text(frame)
     assume(len(text) < 4 * 8192)      # larger: the websocket library closes with 1009, as documented
     return "text", text
