@@ -493,15 +493,21 @@ def _is_terminal(frame: dict) -> bool:
 
 
 class WSHolder:
-    """The fuzzed socket; a new one only after the gateway closed the old (which is a failure)."""
+    """The fuzzed socket; a new one only after the gateway closed the old (which is a failure). Knows the
+    socket's worker and that worker's pending count after the last example (the next example's baseline)."""
 
     def __init__(self, url: str) -> None:
+        self.http_url = url
         self.url = url.replace("http://", "ws://") + "/ws"
         self.ws: websocket.WebSocket | None = None
+        self.worker = ""
+        self.pending = 0
 
     def get(self) -> websocket.WebSocket:
         if self.ws is None or not self.ws.connected:
             self.ws = websocket.create_connection(self.url, timeout=40)
+            self.worker = ws_ping(self.ws, [])["correlation_id"][:16]
+            self.pending = pending_of(self.http_url, self.worker)
         return self.ws
 
     def close(self) -> None:
@@ -536,7 +542,7 @@ def ws_ping(ws: websocket.WebSocket, frames_out: list[dict]) -> dict:
 
 
 @pytest.mark.timeout(600)
-@fuzz(40)
+@fuzz(30)
 @given(frames=st.lists(ws_frames(), min_size=1, max_size=4))
 @example(frames=[("text", json.dumps({"id": 1, "service": "wsecho", "method": "POST", "path": "/\ud800"}))])
 @example(frames=[("text", json.dumps({"id": 2, "service": "wsecho", "method": "POST", "path": "/x",
@@ -546,9 +552,7 @@ def test_websocket_frames_each_get_one_answer_and_never_close_the_socket(healthy
     """Any frames: each gets exactly one final frame (a reply or an error frame, never a 500), the socket stays
     open and still serves, and the socket's worker has nothing left pending."""
     ws = ws_holder.get()
-    warmup: list[dict] = []
-    worker = ws_ping(ws, warmup)["correlation_id"][:16]
-    baseline = pending_of(healthy.url, worker)
+    worker, baseline = ws_holder.worker, ws_holder.pending
     try:
         for kind, data in frames:
             if kind == "binary":
@@ -576,6 +580,7 @@ def test_websocket_frames_each_get_one_answer_and_never_close_the_socket(healthy
     deadline = time.monotonic() + 5
     while (left := pending_of(healthy.url, worker)) > baseline and time.monotonic() < deadline:
         time.sleep(0.05)
+    ws_holder.pending = left                                            # judge the next example on its own
     assert left == baseline, f"{left - baseline} waiter(s) left in worker {worker}'s pending table"
 
 
@@ -751,7 +756,7 @@ def send_plain(svc: ScriptedService, h: dict, reply: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(600)
-@fuzz(50)
+@fuzz(40)
 @given(reply=plain_replies())
 @example(reply={"status": b"101", "content_type": None, "headers": [], "body": b"x", "corr": "hex",
                 "to": "partition", "twice": False})
@@ -784,7 +789,11 @@ def test_plain_reply_records_pass_through_exactly_or_are_a_502_at_once(healthy, 
             assert ctype == want_ctype
         for name in ALLOWED_RESPONSE_HEADERS:
             sent = [v.decode("latin-1").strip(" \t") for k, v in reply["headers"] if k == f"http-{name}"]
-            assert [v for k, v in headers if k.lower() == name] == sent, name
+            got = [v for k, v in headers if k.lower() == name]
+            if len(sent) <= 1:
+                assert got == sent, name
+            else:                       # a repeated header: one or all of its values (Location is a singleton)
+                assert got and set(got) <= set(sent), (name, got, sent)
         passed = {k[5:] for k, _ in reply["headers"] if k[5:] in ALLOWED_RESPONSE_HEADERS}
         assert {k.lower() for k, _ in headers} - OWN_RESPONSE_HEADERS - passed == set()
     check_status(status, ctype, body, service_made=passed_through)
@@ -858,7 +867,7 @@ def expected_stream(order: list[dict[str, Any]]) -> tuple[str, list[dict[str, An
 
 
 @pytest.mark.timeout(600)
-@fuzz(25)
+@fuzz(20)
 @given(order=stream_plans())
 def test_stream_reply_records_follow_the_stream_contract(healthy, raw_service, keepalive, order):
     """Stream records in any order, duplicated, with gaps, after the end, or breaking the protocol: the NDJSON
@@ -925,7 +934,7 @@ def frame_body_matches(frame: dict, sent: bytes) -> bool:
 
 
 @pytest.mark.timeout(600)
-@fuzz(25)
+@fuzz(20)
 @given(reply=plain_replies())
 @example(reply={"status": b"200", "content_type": b"application/json", "headers": [],
                 "body": b"[" * 5000 + b"]" * 5000, "corr": "hex", "to": "partition", "twice": False})
