@@ -184,3 +184,86 @@ class ServiceProcess(Process):
     def __init__(self, module: str, bootstrap: str, log_dir: Path, **env: str) -> None:
         super().__init__(module.rsplit(".", 1)[-1], [sys.executable, "-m", module], base_env(bootstrap, **env),
                          log_dir)
+
+
+class RawHeaderKey(str):
+    """A record header key sent as exactly these bytes. kafka-python encodes header keys as UTF-8; a service
+    written in another language may put any bytes there (not valid UTF-8, for instance)."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> "RawHeaderKey":
+        obj = super().__new__(cls, raw.decode("latin-1"))
+        obj.raw = raw
+        return obj
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:  # type: ignore[override]
+        return self.raw
+
+
+class ScriptedService:
+    """A service written against the raw wire protocol, run in a thread of the test process: it reads its request
+    topics from their end (no consumer group: positioned before :meth:`start` returns) and calls
+    ``answer(service, record, headers)`` for every request record; ``answer`` sends whatever reply records it
+    likes with :meth:`send` (any headers, any order, several, none), possibly from threads of its own."""
+
+    def __init__(self, bootstrap: str, topics: list[str], answer: Callable[["ScriptedService", Any, dict], None]
+                 ) -> None:
+        import threading
+
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.answer = answer
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="scripted-service")
+        self._producer: Any = None
+
+    def start(self, timeout_s: float = 30) -> "ScriptedService":
+        from kafka import KafkaProducer
+
+        self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0, enable_idempotence=False,
+                                       max_request_size=4 * 1048576)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError(f"scripted service on {self.topics} not positioned: {self.errors}")
+        return self
+
+    def send(self, topic: str, value: bytes | None, headers: list[tuple[str, bytes]], partition: int | None = None,
+             key: bytes | None = None, flush: bool = False) -> None:
+        self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+        if flush:
+            self._producer.flush(10)
+
+    def _run(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, fetch_max_wait_ms=10,
+                                 enable_auto_commit=False)
+        try:
+            tps = [TopicPartition(t, p) for t in self.topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+            consumer.assign(tps)
+            consumer.seek_to_end(*tps)
+            for tp in tps:
+                consumer.position(tp)
+            self._ready.set()
+            while not self._stop.is_set():
+                for records in consumer.poll(timeout_ms=50).values():
+                    for rec in records:
+                        try:
+                            self.answer(self, rec, {k: v for k, v in rec.headers})
+                        except Exception as exc:  # noqa: BLE001 - a broken script must show in the test
+                            self.errors.append(f"{type(exc).__name__}: {exc}")
+                self._producer.flush(10)
+        except Exception as exc:  # noqa: BLE001
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        if self._producer is not None:
+            self._producer.close(5)

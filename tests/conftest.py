@@ -41,6 +41,14 @@ SESSION_SERVICES = {
     # tests/test_hostile_services.py (raw services that misbehave on purpose)
     "hostile": {"topic": "hostile.requests", "methods": ["GET", "POST"], "timeout_ms": 10000},
     "unparsable": {"topic": "unparsable.requests", "methods": ["GET", "POST"], "timeout_ms": 15000},
+    # raw-protocol services the tests play themselves (gateway.testing.ScriptedService)
+    "fuzzraw": {"topic": "fuzzraw.requests", "methods": ["GET", "POST"], "content_types": ["*/*"],
+                "timeout_ms": 5000, "stream_idle_timeout_ms": 1000, "stream_timeout_ms": 20000},
+    "replyheaders": {"topic": "replyheaders.requests", "methods": ["GET"], "timeout_ms": 10000},
+    "drip": {"topic": "drip.requests", "methods": ["GET"], "timeout_ms": 10000, "stream_idle_timeout_ms": 5000,
+             "stream_timeout_ms": 120000},
+    "dripshort": {"topic": "dripshort.requests", "methods": ["GET"], "timeout_ms": 10000,
+                  "stream_idle_timeout_ms": 5000, "stream_timeout_ms": 2000},
 }
 VARIANT_SECTIONS = {
     "async": {"partitions": 4, "retention_ms": 600000, "unknown_id_wait_ms": 2000},

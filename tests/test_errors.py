@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from gateway.broker import EmbeddedBroker
-from gateway.testing import GunicornGateway, make_config, wait_until, write_config
+from gateway.testing import GunicornGateway, make_config, metric_value, wait_until, write_config
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -67,18 +67,24 @@ def test_no_reply_before_deadline_is_504_with_correlation_id(gateway):
 
 
 def test_too_many_in_flight_is_503_with_retry_after(broker: EmbeddedBroker, tmp_path, log_dir):
-    cfg = make_config(broker.bootstrap, {"blackhole": {"topic": "blackhole.requests", "timeout_ms": 1500}},
+    """5 requests fill the worker (max_in_flight 5); only once all 5 wait (the in-flight gauge says so) do 15
+    more arrive, each refused. The deadline (8 s) leaves a loaded machine room; the gauge read after the 15 proves
+    the 5 were still waiting meanwhile."""
+    cfg = make_config(broker.bootstrap, {"blackhole": {"topic": "blackhole.requests", "timeout_ms": 8000}},
                       limits={"max_in_flight": 5})
     gw = GunicornGateway(write_config(tmp_path / "g.toml", cfg), broker.bootstrap, log_dir, workers=1)
     try:
         gw.wait_ready(60)
         with cf.ThreadPoolExecutor(20) as pool:
-            responses = list(pool.map(lambda _: requests.get(gw.url + "/blackhole/x", timeout=10), range(20)))
-        codes = sorted(r.status_code for r in responses)
-        assert codes.count(504) == 5, codes  # exactly the 5 that fit waited for their deadline
-        rejected = [r for r in responses if r.status_code == 503]
-        assert len(rejected) == 15
+            held = [pool.submit(requests.get, gw.url + "/blackhole/x", timeout=20) for _ in range(5)]
+            wait_until(lambda: metric_value(gw.metrics(), "gateway_in_flight") == 5, 6, 0.05, "5 requests waiting")
+            rejected = list(pool.map(lambda _: requests.get(gw.url + "/blackhole/x", timeout=10), range(15)))
+            still_waiting = metric_value(gw.metrics(), "gateway_in_flight")
+            timed_out = [f.result() for f in held]
+        assert still_waiting == 5, "the 5 stopped waiting before the 15 were sent: the check proved nothing"
+        assert [r.status_code for r in rejected] == [503] * 15
         assert all(r.headers["Retry-After"] == "1" and r.json()["code"] == "too_many_in_flight" for r in rejected)
+        assert [(r.status_code, r.json()["code"]) for r in timed_out] == [(504, "reply_timeout")] * 5
     finally:
         gw.stop()
 

@@ -1,6 +1,8 @@
 """Request-reply through a real gunicorn (2 gevent workers) and a real broker, for every example service."""
 from __future__ import annotations
 
+import time
+
 import requests
 
 pytestmark = __import__("pytest").mark.usefixtures("no_leaks")
@@ -47,8 +49,7 @@ def test_basket_add_view_clear(gateway):
 def test_echo_returns_what_it_received(gateway):
     r = requests.put(gateway.url + "/echo/a/b?x=1&x=2&y=z", data=b"\x00\xffbin",
                      headers={"Content-Type": "application/octet-stream", "X-Request-Id": "rid-1",
-                              "Authorization": "Bearer secret",
-                              "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, timeout=10)
+                              "Authorization": "Bearer secret"}, timeout=10)
     assert r.status_code == 200
     body = r.json()
     assert body["method"] == "PUT" and body["path"] == "/echo/a/b"
@@ -57,3 +58,46 @@ def test_echo_returns_what_it_received(gateway):
     assert body["headers"]["x-request-id"] == "rid-1"
     assert "authorization" not in body["headers"]  # not forwarded unless allow-listed
     assert body["content_type"] == "application/octet-stream"
+
+
+def test_allow_listed_and_trace_headers_reach_the_service_and_nothing_else(gateway, broker):
+    """http.forward_request_headers and the trace context are on the request record (read from Kafka, as the
+    service sees it); Authorization, Cookie and unlisted headers are not."""
+    import uuid
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, fetch_max_wait_ms=10)
+    try:
+        tps = [TopicPartition("echo.requests", p) for p in sorted(consumer.partitions_for_topic("echo.requests"))]
+        consumer.assign(tps)
+        consumer.seek_to_end(*tps)
+        for tp in tps:
+            consumer.position(tp)
+        token = uuid.uuid4().hex
+        allowed = {"accept": "application/json", "accept-language": "de-CH", "user-agent": "fuzz/1.0",
+                   "x-request-id": "rid-" + token, "idempotency-key": "ik-" + token, "if-match": '"3"',
+                   "if-none-match": '"4"'}
+        trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                 "tracestate": "congo=t61rcWkgMzE"}
+        others = {"Authorization": "Bearer secret", "Cookie": "session=secret", "X-Internal": "secret"}
+        r = requests.post(gateway.url + f"/echo/h/{token}", data=b"x", timeout=10,
+                          headers={**allowed, **trace, **others, "Content-Type": "text/plain"})
+        assert r.status_code == 200, r.text
+        assert r.json()["headers"] == allowed        # what the SDK hands the handler: the http-* headers
+        found = []
+        deadline = time.monotonic() + 15
+        while not found and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                found += [rec for rec in records if token.encode() in dict(rec.headers).get("gateway-path", b"")]
+    finally:
+        consumer.close()
+    assert len(found) == 1
+    headers = dict(found[0].headers)
+    for name, value in allowed.items():
+        assert headers["http-" + name] == value.encode()
+    for name, value in trace.items():
+        assert headers[name] == value.encode()
+    forwarded = {k for k in headers if k.startswith("http-")} | {k for k in headers if k in trace}
+    assert forwarded == {"http-" + n for n in allowed} | set(trace)
+    assert not any(b"secret" in v for v in headers.values() if v)

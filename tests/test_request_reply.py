@@ -129,16 +129,52 @@ def test_json_field_becomes_the_record_key(gateway, broker):
 
 
 def test_metrics_sum_over_all_workers(gateway):
-    """/metrics is answered by one worker but counts the requests every worker served."""
+    """/metrics is answered by one worker but counts the requests every worker served: fresh connections until
+    each worker has served at least 5 (X-Gateway-Worker), then the sum must be every request sent."""
     import http.client
     from urllib.parse import urlparse
 
     host = urlparse(gateway.url)
     label = 'service="customers",status="404"'
     before = metric_value(gateway.metrics(), "gateway_requests_total", label)
-    for i in range(40):  # a new connection each: gunicorn spreads them over both workers
-        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=15)
-        conn.request("GET", f"/customers/nobody-{i}", headers={"Connection": "close"})
-        assert conn.getresponse().status == 404
+    served: dict[str, int] = {}
+    sent = 0
+    while (len(served) < 2 or min(served.values()) < 5) and sent < 400:
+        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=15)  # the kernel picks the worker
+        conn.request("GET", f"/customers/nobody-{sent}", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        assert resp.status == 404
+        worker = resp.getheader("X-Gateway-Worker")
+        served[worker] = served.get(worker, 0) + 1
         conn.close()
-    assert metric_value(gateway.metrics(), "gateway_requests_total", label) - before == 40
+        sent += 1
+    assert len(served) == 2 and min(served.values()) >= 5, f"one worker served everything: {served}"
+    assert metric_value(gateway.metrics(), "gateway_requests_total", label) - before == sent
+
+
+def test_only_allow_listed_reply_headers_reach_the_client(gateway, broker):
+    """A reply's http-<name> headers are passed on only when http.forward_response_headers lists the name; the
+    gateway's own headers (X-Correlation-Id, Server) cannot be overwritten by a service."""
+    from gateway.testing import ScriptedService
+
+    listed = {"location": "/things/1", "etag": '"7"', "cache-control": "no-store", "retry-after": "3",
+              "last-modified": "Tue, 01 Dec 2026 10:00:00 GMT", "x-request-id": "r-9", "content-language": "de"}
+    unlisted = {"set-cookie": "s=1", "x-internal": "secret", "server": "evil", "x-correlation-id": "forged",
+                "authorization": "Bearer x", "access-control-allow-origin": "*"}
+
+    def answer(svc, rec, h):  # noqa: ANN001
+        headers = [("gateway-correlation-id", h["gateway-correlation-id"]), ("gateway-status", b"201")]
+        headers += [(f"http-{k}", v.encode()) for k, v in {**listed, **unlisted}.items()]
+        svc.send(h["gateway-reply-topic"].decode(), b'{"ok": true}', headers,
+                 partition=int(h["gateway-reply-partition"]))
+
+    svc = ScriptedService(broker.bootstrap, ["replyheaders.requests"], answer).start()
+    try:
+        r = requests.get(gateway.url + "/replyheaders/x", timeout=15)
+    finally:
+        svc.stop()
+    assert svc.errors == []
+    assert r.status_code == 201 and r.json() == {"ok": True}
+    assert {k: r.headers.get(k) for k in listed} == listed
+    assert [k for k in unlisted if k in r.headers and k not in ("server", "x-correlation-id")] == []
+    assert r.headers["Server"] != "evil" and len(r.headers["X-Correlation-Id"]) == 48

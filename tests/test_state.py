@@ -24,10 +24,11 @@ ANSWER_ON = {"topic": "orders.events", "states": ["VALIDATED", "FAILED"], "id_so
 
 
 @pytest.fixture(scope="module")
-def validator(broker, example_services, log_dir) -> Iterator[ServiceProcess]:
-    p = ServiceProcess("examples.validator", broker.bootstrap, log_dir)
-    yield p
-    p.stop()
+def validator(broker, example_services, log_dir) -> Iterator[dict[str, ServiceProcess]]:
+    """{"proc": the running validator}: a test that stops it starts a new one (tests must not depend on order)."""
+    holder = {"proc": ServiceProcess("examples.validator", broker.bootstrap, log_dir)}
+    yield holder
+    holder["proc"].stop()
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +160,14 @@ def test_conditional_get_sees_every_event_already_in_the_topic(state_gateway, br
     assert len(workers) == 2, "the GETs never reached the second worker: the test proved nothing"
 
 
-def test_no_state_in_time_is_a_504(state_gateway, validator):
-    """Last: with the validator stopped, the order stays CREATED."""
-    validator.stop()
-    r = requests.post(state_gateway.url + "/orders", json=order("c-late"), timeout=30)
-    assert r.status_code == 504 and r.json()["code"] == "state_timeout"
-    assert r.json()["last_state"] == "CREATED" and r.json()["entity_id"].startswith("o-")
+def test_no_state_in_time_is_a_504(state_gateway, validator, broker, log_dir):
+    """With the validator stopped, the order stays CREATED; afterwards a new validator serves the other tests."""
+    validator["proc"].stop()
+    try:
+        r = requests.post(state_gateway.url + "/orders", json=order("c-late"), timeout=30)
+        assert r.status_code == 504 and r.json()["code"] == "state_timeout"
+        assert r.json()["last_state"] == "CREATED" and r.json()["entity_id"].startswith("o-")
+    finally:
+        validator["proc"] = ServiceProcess("examples.validator", broker.bootstrap, log_dir)
+        wait_until(lambda: requests.post(state_gateway.url + "/orders", json=order("c-back"), timeout=30).json()
+                   .get("state") == "VALIDATED", 90, 0.2, "the new validator answers")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import socket
 import threading
 import time
 
@@ -116,3 +118,79 @@ def test_out_of_order_and_duplicate_records_are_reordered_and_dropped(gateway, s
     for _ in range(3):
         with requests.get(gateway.url + "/shuffle/x", headers=NDJSON, stream=True, timeout=10) as r:
             assert lines(r) == [{"seq": i} for i in range(4)]
+
+
+@pytest.fixture
+def drip(broker):
+    """A raw-protocol service on drip.requests and dripshort.requests that streams ``n`` items ``gap_ms`` apart
+    (from the query), each request in a thread of its own, until told to stop."""
+    from urllib.parse import parse_qs
+
+    from gateway.testing import ScriptedService
+
+    stop = threading.Event()
+    sent: dict[str, int] = {}
+
+    def answer(svc, rec, h):  # noqa: ANN001
+        q = parse_qs(h["gateway-query"].decode())
+        n, gap = int(q["n"][0]), int(q["gap_ms"][0]) / 1000
+        cid = bytes.fromhex(h["gateway-correlation-id"].decode())
+        topic, partition = h["gateway-reply-topic"].decode(), int(h["gateway-reply-partition"])
+
+        def stream() -> None:
+            for i in range(n):
+                if stop.wait(gap if i else 0):
+                    return
+                svc.send(topic, json.dumps({"i": i}).encode(), reply_headers(cid, seq=i, stream="more"),
+                         partition=partition, flush=True)
+                sent[cid.hex()] = i + 1
+            svc.send(topic, b"", reply_headers(cid, seq=n, stream="end"), partition=partition, flush=True)
+
+        threading.Thread(target=stream, daemon=True).start()
+
+    svc = ScriptedService(broker.bootstrap, ["drip.requests", "dripshort.requests"], answer).start()
+    yield sent
+    stop.set()
+    svc.stop()
+    assert svc.errors == []
+
+
+def test_stream_timeout_ends_a_stream_that_keeps_going(gateway, drip):
+    """dripshort: stream_timeout_ms 2000, idle timeout 5000; the service would stream for 60 s, an item every
+    100 ms (never idle): the whole-stream deadline ends it with a stream_idle problem line naming the setting."""
+    started = time.monotonic()
+    with requests.get(gateway.url + "/dripshort/x?n=600&gap_ms=100", headers=NDJSON, stream=True, timeout=60) as r:
+        assert r.status_code == 200
+        items = lines(r)
+    elapsed = time.monotonic() - started
+    *got, last = items
+    assert got == [{"i": i} for i in range(len(got))] and len(got) >= 1
+    assert last["code"] == "stream_idle" and "stream_timeout_ms" in last["detail"], last
+    assert elapsed < 30, f"the stream ran {elapsed:.1f}s: its 2 s deadline did not end it"
+
+
+def test_client_disconnect_mid_stream_releases_the_waiter(gateway, drip):
+    """drip: stream_timeout_ms 120000, idle timeout 5000, an item every 100 ms for 120 s: only the client going
+    away can release the waiter early. The records that keep coming afterwards are counted late."""
+    from gateway.testing import metric_value, wait_until
+
+    late_before = metric_value(gateway.metrics(), "gateway_replies_total", 'outcome="late"')
+    host, port = gateway.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    try:
+        sock.sendall(b"GET /drip/x?n=1200&gap_ms=100 HTTP/1.1\r\nHost: gw\r\nAccept: application/x-ndjson\r\n\r\n")
+        received = b""
+        while b'{"i": 0}' not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+        assert metric_value(gateway.metrics(), "gateway_in_flight", 'service="drip"') == 1
+    finally:
+        sock.close()                     # hang up mid-stream
+    assert received.startswith(b"HTTP/1.1 200")
+    cid = re.search(rb"X-Correlation-Id: ([0-9a-f]{48})", received).group(1).decode()
+    wait_until(lambda: metric_value(gateway.metrics(), "gateway_in_flight", 'service="drip"') == 0, 20, 0.1,
+               "the disconnected stream's waiter released")
+    wait_until(lambda: metric_value(gateway.metrics(), "gateway_replies_total", 'outcome="late"') > late_before,
+               20, 0.1, "records after the disconnect counted late")
+    assert drip[cid] < 1200, "the stream had already ended: the test proved nothing"
