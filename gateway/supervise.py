@@ -97,12 +97,13 @@ class Supervised:
                 backoff = min(backoff * 2, self.max_backoff_s)
 
     def stop(self, timeout_s: float = 2.0) -> None:
-        """Let the loop end by itself within *timeout_s* (its own stop flag), then kill it."""
+        """Let the loop end by itself within *timeout_s* (its own stop flag; 0: not at all), then kill it."""
         self._stopping = True
         g = self._greenlet
         if g is not None and not g.dead:
-            g.join(timeout=timeout_s)
-            g.kill(block=False)
+            if timeout_s > 0:
+                g.join(timeout=timeout_s)
+            g.kill(block=True, timeout=1)
 
 
 def health() -> dict[str, str]:

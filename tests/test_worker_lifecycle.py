@@ -22,7 +22,7 @@ import requests
 from gateway.broker import broker_binary, free_port, wait_for_port
 from gateway.testing import GunicornGateway, make_config, wait_until, write_config
 
-LEAVE_GROUP, PRODUCE = 13, 0
+LEAVE_GROUP, PRODUCE, JOIN_GROUP = 13, 0, 11
 
 
 class _Link:
@@ -177,7 +177,10 @@ def test_a_worker_without_a_reply_partition_is_not_ready_and_workers_leave_the_g
     /readyz answers 503 for it (once reply.startup_wait_ms has passed), 200 for the other. At the stop, the
     workers leave the group (a LeaveGroup request for the reply group reaches the broker)."""
     bootstrap, proxy = proxied_broker
-    cfg, path = _config(bootstrap, tmp_path, reply={"partitions": 1, "startup_wait_ms": 3000})
+    # leave_group_on_stop: the tests' default is off (the embedded broker mishandles a LeaveGroup during a
+    # rebalance); here no rebalance runs at the stop, and leaving is what is checked
+    cfg, path = _config(bootstrap, tmp_path, reply={"partitions": 1, "startup_wait_ms": 3000,
+                                                     "leave_group_on_stop": True})
     group = cfg["reply"]["group_id"].encode()
     gw = GunicornGateway(path, bootstrap, log_dir, workers=2)
     try:
@@ -189,6 +192,12 @@ def test_a_worker_without_a_reply_partition_is_not_ready_and_workers_leave_the_g
 
         wait_until(one_ready_one_not, 90, 0.2, "one worker ready with partition 0, the other not ready and logged")
         assert proxy.requests_for(LEAVE_GROUP, group) == 0
+        # a member that joined and got nothing is settled, not stuck: the watchdog (which nudges after 3x the
+        # session timeout) must not make it rejoin, or every nudge rebalances the whole group, again and again
+        joins = proxy.requests_for(JOIN_GROUP, group)
+        time.sleep(4 * cfg["kafka"]["session_timeout_ms"] / 1000)   # an observation window, not a synchronisation
+        assert proxy.requests_for(JOIN_GROUP, group) == joins, "the settled group was made to rejoin"
+        assert one_ready_one_not()
     finally:
         code = gw.stop()
     assert code == 0

@@ -68,6 +68,9 @@ class GroupMembership(ConsumerRebalanceListener):
         self._stopping = False
         self.assigned: set[int] = set()
         self._since_unassigned = time.monotonic()
+        # the last join completed and gave this member nothing (more workers than reply partitions): a settled
+        # state, not a stuck join; nudging it would rebalance the whole group again and again
+        self._joined_empty = False
 
     def start(self) -> None:
         self._consumer = self._new_consumer()
@@ -91,6 +94,7 @@ class GroupMembership(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         # Keep minting on the last assignment until the new one arrives: the reader still reads those partitions.
         self._since_unassigned = time.monotonic()
+        self._joined_empty = False
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         parts = {tp.partition for tp in assigned if tp.topic == self.topic}
@@ -100,6 +104,7 @@ class GroupMembership(ConsumerRebalanceListener):
         log.info("reply group: %d partitions assigned %.1fs after the last revocation", len(parts),
                  time.monotonic() - self._since_unassigned)
         self.assigned = parts
+        self._joined_empty = not parts
         if not parts:
             log.error("this worker owns NO reply partition of %s: it will report not-ready. Give the reply topic at "
                       "least as many partitions as there are gateway workers in all instances (reply.partitions)",
@@ -130,7 +135,7 @@ class GroupMembership(ConsumerRebalanceListener):
             if consumer.assignment():
                 self._since_unassigned = time.monotonic()
                 nudge_after = first_nudge_after
-            elif unassigned_s > nudge_after:
+            elif unassigned_s > nudge_after and not self._joined_empty:
                 log.warning("no reply-partition assignment for %.1fs; requesting a rejoin", unassigned_s)
                 # private: kafka-python has no public "rejoin"; tests/test_lab.py fails if it goes away
                 consumer._coordinator.request_rejoin()  # noqa: SLF001
@@ -143,7 +148,7 @@ class GroupMembership(ConsumerRebalanceListener):
         self._stopping = True
         if self._greenlet is not None:
             # parked in a poll: end it now (a join in flight goes on on kafka-python's IO thread)
-            self._greenlet.kill(block=True, timeout=1)
+            self._greenlet.stop(timeout_s=0)
         if not self.config.reply["leave_group_on_stop"]:
             log.info("not leaving the reply group (reply.leave_group_on_stop = false): the broker expires this "
                      "member after %d ms", self.config.kafka["session_timeout_ms"])
