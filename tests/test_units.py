@@ -247,3 +247,15 @@ def test_supervised_loop_without_restart_calls_on_crash_once() -> None:
     gevent.sleep(0.05)
     assert len(crashed) == 1 and s.crashes == 1 and not s.healthy
     assert "unit-once" not in supervise.health()
+
+
+def test_websocket_frame_reads_a_reply_without_content_type_as_the_service_default() -> None:
+    """The frame says content_type=<the service's reply_content_type>; its body must be read the same way (it was
+    base64 under "application/json")."""
+    from gateway.http.ws import _frame_body
+    from gateway.protocol import Reply
+
+    reply = Reply(b"c" * 24, 200, b'{"a": [1, 2]}', None)
+    assert _frame_body(reply, "application/json") == {"body": {"a": [1, 2]}}
+    assert _frame_body(reply, "text/plain") == {"body": '{"a": [1, 2]}'}
+    assert _frame_body(reply, None)["body_encoding"] == "base64"

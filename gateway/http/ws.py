@@ -114,8 +114,9 @@ class _InFlight:
     last_at: float = 0.0
 
 
-def _frame_body(reply: Reply) -> dict[str, Any]:
-    ctype = (reply.content_type or "").split(";", 1)[0].strip().lower()
+def _frame_body(reply: Reply, content_type: str | None) -> dict[str, Any]:
+    """The body as the frame carries it, read as *content_type* (the reply's, or the service's default)."""
+    ctype = (content_type or "").split(";", 1)[0].strip().lower()
     if not reply.body:
         return {"body": None}
     if ctype == "application/json" or ctype.endswith("+json"):
@@ -316,12 +317,13 @@ class Session:
             return True
         allowed = self.gw.config.http["forward_response_headers"]
         for r in ready:
+            ctype = r.content_type or entry.svc.reply_content_type
             if r.stream is None:
                 frame = {"id": entry.frame_id, "status": r.status, "correlation_id": cid,
                          "headers": {k: v for k, v in r.headers if k in allowed},
-                         "content_type": r.content_type or entry.svc.reply_content_type, **_frame_body(r)}
+                         "content_type": ctype, **_frame_body(r, ctype)}
             elif r.stream == "more":
-                frame = {"id": entry.frame_id, "seq": r.seq, "stream": "more", **_frame_body(r)}
+                frame = {"id": entry.frame_id, "seq": r.seq, "stream": "more", **_frame_body(r, ctype)}
             elif r.stream == "end":
                 frame = {"id": entry.frame_id, "seq": r.seq, "stream": "end"}
             else:
@@ -413,6 +415,8 @@ def websocket() -> Response:
     variants.sockets += 1
     try:
         Session(gw, ws).run()
+    except Exception:  # noqa: BLE001 - the connection is a websocket now: an HTTP error page must not follow
+        log.exception("websocket session failed")
     finally:
         variants.sockets -= 1
         try:
