@@ -260,7 +260,8 @@ class AsyncRequests:
                                 service.decode() if service else None)
             return
         try:
-            reply = decode_reply(record.value, headers, record.partition, record.offset)
+            reply = decode_reply(record.value, headers, record.partition, record.offset,
+                                 forward=self.gw.config.http["forward_response_headers"])
         except ProtocolError as exc:
             log.warning("dropping result at %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
             return

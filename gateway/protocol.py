@@ -14,7 +14,7 @@ import re
 import secrets
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Container, Iterable, Sequence
 
 # -- request headers (gateway -> service)
 H_CORRELATION_ID = "gateway-correlation-id"   # hex of the correlation id bytes
@@ -152,11 +152,14 @@ def _field_value(name: str, v: bytes, corr: bytes) -> str:
 
 
 def decode_reply(value: bytes | None, headers: Sequence[tuple[str, bytes | None]],
-                 partition: int = -1, offset: int = -1) -> Reply:
+                 partition: int = -1, offset: int = -1, forward: Container[str] | None = None) -> Reply:
     """Decode and validate a reply record; the correlation id is ``gateway-correlation-id`` (hex) or Spring's raw
     bytes. Anything the gateway could not turn into a valid HTTP response (a 1xx or garbage status, CR/LF or other
     control characters in a header value or the content type, a header name that is not an HTTP token) raises
-    :class:`ProtocolError` carrying the correlation id, so the caller can answer 502 at once."""
+    :class:`ProtocolError` carrying the correlation id, so the caller can answer 502 at once.
+
+    *forward* (lower-case names, ``http.forward_response_headers``): only these ``http-<name>`` headers are kept,
+    and only they are validated: a header the response will not carry cannot make the reply unusable."""
     corr = reply_correlation_id(headers)
     hexed = _header(headers, H_CORRELATION_ID)
     if hexed and not _HEX_RE.fullmatch(hexed):
@@ -180,7 +183,9 @@ def decode_reply(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
         elif k == H_CONTENT_TYPE:
             content_type = _field_value(H_CONTENT_TYPE, v, corr)
         elif k.startswith(HTTP_HEADER_PREFIX):
-            name = k[len(HTTP_HEADER_PREFIX):]
+            name = k[len(HTTP_HEADER_PREFIX):].lower()
+            if forward is not None and name not in forward:
+                continue
             if not _TOKEN_RE.fullmatch(name):
                 raise ProtocolError(f"reply header {k!r}: {name!r} is not an HTTP field name", corr)
             http.append((name, _field_value(k, v, corr)))

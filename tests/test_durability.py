@@ -40,8 +40,10 @@ def test_broker_back_empty_serves_with_and_without_idempotence(tmp_path: Path, l
                               kafka={"enable_idempotence": idem, "topic_check_interval_ms": 3000})
             cfg["reply"]["partitions"] = 2
             ensure_topics(parse_config(cfg), wanted_topics(parse_config(cfg)))
-            procs.append(ServiceProcess("examples.echo", broker.bootstrap, log_dir, ECHO_TOPIC=f"{name}.requests",
-                                        SERVICE_GROUP_ID=f"{name}-svc", KAFKA_ENABLE_IDEMPOTENCE=str(idem).lower()))
+            svc = ServiceProcess("examples.echo", broker.bootstrap, log_dir, ECHO_TOPIC=f"{name}.requests",
+                                 SERVICE_GROUP_ID=f"{name}-svc", KAFKA_ENABLE_IDEMPOTENCE=str(idem).lower())
+            svc.env_topic = f"{name}.requests"  # type: ignore[attr-defined]
+            procs.append(svc)
             gw = GunicornGateway(write_config(tmp_path / f"{name}.toml", cfg), broker.bootstrap, log_dir, workers=1)
             procs.append(gw)
             gateways[name] = (gw, cfg)
@@ -62,7 +64,9 @@ def test_broker_back_empty_serves_with_and_without_idempotence(tmp_path: Path, l
             wait_until(lambda gw=gw, name=name: _ok(gw, name), 90, 0.5, f"{name} served after the restart")
         for name, (gw, _) in gateways.items():  # and then every request, not just one that got through
             results = [_ok(gw, name) for _ in range(20)]
-            assert all(results), f"{name}: {results.count(False)} of 20 failed after recovery"
+            svc = next(p for p in procs if isinstance(p, ServiceProcess) and p.env_topic == f"{name}.requests")
+            assert all(results), (f"{name}: {results.count(False)} of 20 failed after recovery\n--- gateway log\n"
+                                  f"{gw.log()[-4000:]}\n--- service log\n{svc.log()[-4000:]}")
         for p in procs:
             assert p.alive(), f"{p.name} exited: {p.log()[-2000:]}"
     finally:

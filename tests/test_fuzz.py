@@ -281,7 +281,7 @@ def is_gateway_problem(content_type: str | None, body: bytes) -> bool:
         return False
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):   # a service's own (deeply nested) body passed through
         return False
     return isinstance(doc, dict) and str(doc.get("type", "")).startswith(GATEWAY_PROBLEM)
 
@@ -1026,7 +1026,13 @@ def test_records_nobody_can_attribute_are_dropped_and_the_real_reply_still_arriv
     status, headers, body = keepalive.get(f"/fuzzraw/noise/{plan_id}")
     PLANS.pop(plan_id, None)
     note(f"{status} {body[:200]!r}")
-    if any(n["kind"] == "garbage-seq-real-id" for n in noise):
+    if not flush_between and any(n["kind"].startswith("non-utf8-key") for n in noise):
+        # the real reply shares its record batch with a record kafka-python cannot parse: the client cannot read
+        # past it in that batch (README, known limits), so the reply may be lost with it: then a 504 at the
+        # deadline, never anything else; the canary below still proves the partition is read on
+        assert (status, body) == (201, token) or (status == 504 and is_gateway_problem(
+            header(headers, "content-type"), body)), (status, body[:300])
+    elif any(n["kind"] == "garbage-seq-real-id" for n in noise):
         # a record with the real id but a garbage seq: dropped (then the real reply answers) or a 502 at once
         assert (status, body) == (201, token) or (status == 502 and is_gateway_problem(
             header(headers, "content-type"), body)), (status, body[:300])

@@ -259,3 +259,18 @@ def test_websocket_frame_reads_a_reply_without_content_type_as_the_service_defau
     assert _frame_body(reply, "application/json") == {"body": {"a": [1, 2]}}
     assert _frame_body(reply, "text/plain") == {"body": '{"a": [1, 2]}'}
     assert _frame_body(reply, None)["body_encoding"] == "base64"
+
+
+def test_reply_headers_outside_the_forward_list_are_dropped_unchecked_inside_it_validated() -> None:
+    import pytest
+
+    from gateway.protocol import ProtocolError, decode_reply
+
+    corr = b"\x01" * 24
+    headers = [("gateway-correlation-id", corr.hex().encode()), ("http-set-cookie", b"\x00"),
+               ("http-Location", b"/a"), ("http-x-unused name", b"x")]
+    reply = decode_reply(b"", headers, forward=("location",))
+    assert reply.headers == [("location", "/a")]
+    with pytest.raises(ProtocolError) as err:
+        decode_reply(b"", headers, forward=("location", "set-cookie"))
+    assert err.value.correlation_id == corr

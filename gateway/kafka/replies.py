@@ -347,7 +347,8 @@ class ReplyReader:
         """One reply record to its waiter. Nothing a record holds may end the loop: a record that breaks the wire
         protocol but names its request answers that request with a 502 at once; one that names none is counted."""
         try:
-            reply = decode_reply(record.value, record.headers or [], record.partition, record.offset)
+            reply = decode_reply(record.value, record.headers or [], record.partition, record.offset,
+                                 forward=self.config.http["forward_response_headers"])
         except ProtocolError as exc:
             log.warning("unusable reply at %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
             outcome = Outcome.INVALID
