@@ -7,7 +7,7 @@ one reply reader), without 64 OS threads fighting over the GIL, which would meas
 rather than Kafka.
 
 The producer and the reply consumer are built from the same parsed gateway config, with the same arguments as
-``gateway.runtime.Gateway.start`` and ``gateway.kafka.replies.ReplyReader.start``; requests carry the gateway's
+``gateway.core.runtime.Gateway.start`` and ``gateway.kafka.replies.ReplyReader.start``; requests carry the gateway's
 wire-protocol headers (``request_headers``), so the echo service cannot tell them from the gateway's.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from gateway.core.routing import mint_reply_key
 from gateway.protocol import ReplyTo, decode_reply, new_correlation_id, new_worker_tag, request_headers
-from gateway.routing import mint_reply_key
 
 from .stats import CellResult
 

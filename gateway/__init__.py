@@ -12,22 +12,22 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from .errors import GatewayError, problem_response
+from .extensions import current_gateway
 
 if TYPE_CHECKING:
     from .config import Config
-    from .runtime import Gateway
 
 __all__ = ["create_app", "current_gateway"]
 
 
 def create_app(config: Config | None = None) -> Flask:
     from .config import load_config
-    from .http.asyncpoll import bp as async_bp
-    from .http.ops import bp as ops_bp
-    from .http.proxy import bp as proxy_bp
-    from .http.ws import bp as ws_bp
-    from .runtime import Gateway
-    from .variants import Variants
+    from .core.runtime import Gateway
+    from .variants.runtime import Variants
+    from .web.ops import bp as ops_bp
+    from .web.polls import bp as async_bp
+    from .web.proxy import bp as proxy_bp
+    from .web.websocket import bp as ws_bp
 
     config = config or load_config()
     app = Flask(__name__)
@@ -63,8 +63,3 @@ def create_app(config: Config | None = None) -> Flask:
         return problem_response(GatewayError("unexpected gateway error; see the gateway log"))
 
     return app
-
-
-def current_gateway() -> Gateway:
-    from flask import current_app
-    return current_app.extensions["gateway"]

@@ -17,15 +17,15 @@ from gevent.queue import Queue
 from prometheus_client import REGISTRY
 
 from gateway import jsonutil
-from gateway.asyncreq import ResultStore
 from gateway.config import parse_config
+from gateway.core.pending import Callback
+from gateway.core.runtime import Gateway
 from gateway.errors import BadRequest, BrokerUnavailable
-from gateway.http.guard import WriteDeadline, check_header, check_text, utf8_path, utf8_query
-from gateway.pending import Callback
 from gateway.protocol import Reply
-from gateway.runtime import Gateway
-from gateway.states import parse_event
-from gateway.streams import OutputBuffer, ReplyStream, SlowConsumer, Totals, item_json, problem_of
+from gateway.variants.async_results import ResultStore
+from gateway.variants.states import parse_event
+from gateway.variants.streams import OutputBuffer, ReplyStream, SlowConsumer, Totals, item_json, problem_of
+from gateway.web.guard import WriteDeadline, check_header, check_text, utf8_path, utf8_query
 
 CID = bytes(range(24))
 CONFIG = {"kafka": {"bootstrap_servers": ["127.0.0.1:1"]},
@@ -232,7 +232,7 @@ class FakeWebsocket:
 
 
 def _session_with_requests(n: int) -> tuple[Any, FakeWebsocket, list[bytes]]:
-    from gateway.http.ws import Session, _InFlight
+    from gateway.web.websocket import Session, _InFlight
 
     gw = _started_gateway(None)
     svc = gw.config.services["svc"]
@@ -269,7 +269,7 @@ def test_a_websocket_client_that_falls_behind_gets_its_frames_then_close_1008_an
 
 @pytest.mark.parametrize("which", ["writer", "sweeper"])
 def test_a_crashed_writer_or_sweeper_ends_the_session_and_releases_its_requests(which, monkeypatch):
-    from gateway.http.ws import Session
+    from gateway.web.websocket import Session
 
     crashes = REGISTRY.get_sample_value("gateway_greenlet_crashes_total", {"name": f"websocket-{which}"}) or 0
     session, ws, cids = _session_with_requests(2)

@@ -9,11 +9,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.config import parse_config
+from gateway.core.pending import Callback, OneShot, Outcome, PendingTable
 from gateway.errors import BadGateway, ConfigError
 from gateway.kafka import is_fatal_producer_error, producer_settings
 from gateway.kafka.admin import ZERO_ID, durability, topic_id
 from gateway.kafka.unreadable import batch_end
-from gateway.pending import Callback, OneShot, Outcome, PendingTable
 from gateway.protocol import decode_reply
 from gateway.responder.runner import split_settings
 
@@ -106,7 +106,7 @@ def test_a_failing_reply_callback_fails_its_request_only_and_the_gauge_follows()
 
 def test_readiness_is_false_while_a_supervised_loop_is_down():
     from gateway import supervise
-    from gateway.runtime import Gateway
+    from gateway.core.runtime import Gateway
 
     gw = Gateway(parse_config(SERVICES))
     gw.started = True

@@ -6,7 +6,7 @@ import random
 import pytest
 from kafka.partitioner.default import murmur2 as kafka_murmur2
 
-from gateway.routing import ReplyRouter, mint_reply_key, murmur2, partition_for_key
+from gateway.core.routing import ReplyRouter, mint_reply_key, murmur2, partition_for_key
 
 
 def test_murmur2_matches_kafka_python_on_random_keys():

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from gateway import protocol as P
+from gateway.core.pending import OneShot, Outcome, PendingTable
 from gateway.errors import TooManyInFlight
-from gateway.pending import OneShot, Outcome, PendingTable
 from gateway.responder import HTTPError, Responder
 
 
@@ -184,7 +184,7 @@ def test_responder_streams_with_sequence_and_end_marker():
 def test_record_key_from_path_header_or_json_field():
     from types import SimpleNamespace
 
-    from gateway.http.common import forwarded_headers, path_segment, record_key
+    from gateway.web.requests import forwarded_headers, path_segment, record_key
 
     headers = {"x-tenant": "t-1", "traceparent": "00-abc-def-01", "authorization": "secret"}
 
@@ -252,8 +252,8 @@ def test_supervised_loop_without_restart_calls_on_crash_once() -> None:
 def test_websocket_frame_reads_a_reply_without_content_type_as_the_service_default() -> None:
     """The frame says content_type=<the service's reply_content_type>; its body must be read the same way (it was
     base64 under "application/json")."""
-    from gateway.http.ws import _frame_body
     from gateway.protocol import Reply
+    from gateway.web.websocket import _frame_body
 
     reply = Reply(b"c" * 24, 200, b'{"a": [1, 2]}', None)
     assert _frame_body(reply, "application/json") == {"body": {"a": [1, 2]}}

@@ -26,8 +26,8 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
 from .. import metrics
+from ..core.pending import Outcome
 from ..errors import BadGateway
-from ..pending import Outcome
 from ..protocol import ProtocolError, decode_reply
 from ..supervise import Supervised
 from . import stop_loop
@@ -35,8 +35,8 @@ from .unreadable import SkipUnreadable, Unidentified
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..pending import PendingTable
-    from ..routing import ReplyRouter
+    from ..core.pending import PendingTable
+    from ..core.routing import ReplyRouter
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ from werkzeug.wsgi import ClosingIterator
 
 from .. import metrics
 from ..errors import GatewayError, ReplyTimeout
-from ..streams import NDJSONFormat, OutputBuffer, ReplyStream, SSEFormat, StreamIdle, problem_of
-from .common import reply_response
+from ..variants.streams import NDJSONFormat, OutputBuffer, ReplyStream, SSEFormat, StreamIdle, problem_of
 from .guard import WriteDeadline, client_socket
+from .requests import reply_response
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
+    from ..core.runtime import Gateway
     from ..protocol import Reply
-    from ..runtime import Gateway
 
 _BATCH = 256           # records already queued are written in one chunk of at most this many records
 _CHUNK_BYTES = 65536   # and about this many bytes: what is taken out of the bounded buffer must stay small too

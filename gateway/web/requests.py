@@ -12,8 +12,8 @@ from .guard import check_header
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
+    from ..core.runtime import Gateway
     from ..protocol import Reply
-    from ..runtime import Gateway
 
 
 TRACE_HEADERS = ("traceparent", "tracestate")

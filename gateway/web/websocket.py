@@ -4,7 +4,7 @@ A request frame is a JSON object ``{"id", "service", "method", "path", "headers"
 sends back carries the request's ``id``: one reply frame, or a streaming reply's item frames then an ``end`` (or
 ``error``) frame; bad input gets an error frame ``{"id", "error": <problem>}`` and the socket stays open.
 
-Each request goes through ``Gateway.send_request`` with a :class:`gateway.pending.Callback` waiter, so its reply
+Each request goes through ``Gateway.send_request`` with a :class:`gateway.core.pending.Callback` waiter, so its reply
 comes back to this worker exactly like an HTTP request's. A reply is framed in the reply reader's greenlet and
 queued; one writer greenlet per socket writes the frames (so frames never interleave on the wire). A sweeper
 greenlet expires requests past their deadline or idle streams. A closed socket drops all its pending entries.
@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from flask import Blueprint, Response, request
 
-from .. import current_gateway, jsonutil, metrics
+from .. import jsonutil, metrics
 from ..config import HTTP_METHODS
+from ..core.pending import Callback
 from ..errors import (
     BadRequest,
     GatewayError,
@@ -42,17 +43,16 @@ from ..errors import (
     UnknownService,
     UnsupportedMediaType,
 )
-from ..pending import Callback
-from ..streams import OutputBuffer, Reorderer, StreamBroken, StreamIdle, problem_of
+from ..extensions import current_gateway, current_variants
 from ..supervise import Supervised
-from ..variants import current_variants
-from .common import forwarded_headers, record_key
+from ..variants.streams import OutputBuffer, Reorderer, StreamBroken, StreamIdle, problem_of
 from .guard import WriteDeadline, WriteTimeout, abort, check_header, check_text
+from .requests import forwarded_headers, record_key
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
+    from ..core.runtime import Gateway
     from ..protocol import Reply
-    from ..runtime import Gateway
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ws", __name__)

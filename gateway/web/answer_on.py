@@ -1,4 +1,4 @@
-"""Answer on state over HTTP: ``answer_on`` routes and conditional GET waits (see :mod:`gateway.states`)."""
+"""Answer on state over HTTP: ``answer_on`` routes and conditional GET waits (see :mod:`gateway.variants.states`)."""
 from __future__ import annotations
 
 import json
@@ -9,13 +9,13 @@ from flask import Response, request
 
 from .. import jsonutil
 from ..errors import BadGateway, BadRequest, NotAcceptable, StateTimeout
-from ..variants import current_variants
-from .common import path_segment, reply_response, wait_seconds
+from ..extensions import current_variants
+from .requests import path_segment, reply_response, wait_seconds
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
-    from ..runtime import Gateway
-    from ..states import EntityEvent
+    from ..core.runtime import Gateway
+    from ..variants.states import EntityEvent
 
 READ_BARRIER_S = 1.0     # longest a conditional GET waits to catch up with the events topic (see watch)
 

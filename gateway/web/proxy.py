@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
-from .. import current_gateway, jsonutil, metrics
+from .. import jsonutil, metrics
 from ..errors import GatewayError, MalformedJSON, MethodNotAllowed, NotAcceptable, UnknownService, UnsupportedMediaType
-from .common import forwarded_headers, record_key, reply_response
+from ..extensions import current_gateway
+from .dispatch import dispatch_variant
 from .guard import read_body, utf8_path, utf8_query
-from .variants import dispatch_variant
+from .requests import forwarded_headers, record_key, reply_response
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from gevent.event import Event
 
-from . import jsonutil
+from .. import jsonutil
 
 if TYPE_CHECKING:
-    from .runtime import Gateway
+    from ..core.runtime import Gateway
 
 log = logging.getLogger(__name__)
 _ETAG_CHARS = re.compile(r"[\x21\x23-\x7e\x80-\xff]{1,256}")
@@ -150,7 +150,7 @@ class StateWatcher:
         return tail is not None and tail.read_barrier(None, timeout_s)
 
     def start(self) -> None:
-        from .kafka.tail import TopicTail
+        from ..kafka.tail import TopicTail
 
         for topic, table in self.tables.items():
             id_field = self._id_fields[topic]

@@ -11,15 +11,15 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
-from . import metrics, supervise
-from .errors import BrokerUnavailable, GatewayError, NotReady, ReplyTimeout
+from .. import metrics, supervise
+from ..errors import BrokerUnavailable, GatewayError, NotReady, ReplyTimeout
+from ..protocol import ReplyTo, new_correlation_id, new_worker_tag, request_headers
 from .pending import OneShot, PendingTable, Waiter
-from .protocol import ReplyTo, new_correlation_id, new_worker_tag, request_headers
 from .routing import ReplyRouter
 
 if TYPE_CHECKING:
-    from .config import Config, ServiceConfig
-    from .protocol import Reply
+    from ..config import Config, ServiceConfig
+    from ..protocol import Reply
 
 log = logging.getLogger(__name__)
 W = TypeVar("W", bound=Waiter)
@@ -65,8 +65,8 @@ class Gateway:
         if self.started:
             return self.ready
         self.started = True
-        from .kafka.admin import ensure_topics
-        from .kafka.replies import GroupMembership, ReplyReader
+        from ..kafka.admin import ensure_topics
+        from ..kafka.replies import GroupMembership, ReplyReader
 
         reply_topic = self.config.reply["topic"]
         t0 = time.monotonic()
@@ -195,7 +195,7 @@ class Gateway:
         """Re-create missing topics and compare every topic's id with the last one seen (the reply topic's with
         the one the reader positioned in). Returns whether some topic is a new log, or None if the broker could
         not answer (the probe tries again every second)."""
-        from .kafka.admin import ensure_topics, wanted_topics
+        from ..kafka.admin import ensure_topics, wanted_topics
 
         ids: dict[str, str | None] = {}
         try:
@@ -232,7 +232,7 @@ class Gateway:
     def _new_producer(self) -> Any:
         from kafka import KafkaProducer
 
-        from .kafka import producer_settings
+        from ..kafka import producer_settings
 
         k = self.config.kafka
         return KafkaProducer(
@@ -258,7 +258,7 @@ class Gateway:
         gevent.spawn(close)
 
     def _on_producer_error(self, producer: Any, exc: BaseException) -> None:
-        from .kafka import is_fatal_producer_error
+        from ..kafka import is_fatal_producer_error
 
         # only the producer in use: records of one already replaced fail as it closes, that says nothing new
         if (producer is self.producer and is_fatal_producer_error(exc) and self.config.kafka["enable_idempotence"]

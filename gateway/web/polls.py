@@ -8,15 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, request
 
-from .. import current_gateway
-from ..asyncreq import AsyncResult, now_ms
 from ..errors import AsyncDeadline, MethodNotAllowed, NotFound
-from ..variants import current_variants
-from .common import parse_prefer, reply_response, wait_seconds
+from ..extensions import current_gateway, current_variants
+from ..variants.async_results import AsyncResult, now_ms
+from .requests import parse_prefer, reply_response, wait_seconds
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
-    from ..runtime import Gateway
+    from ..core.runtime import Gateway
 
 bp = Blueprint("async", __name__)
 _ID_RE = re.compile(r"^[0-9a-f]{48}$")

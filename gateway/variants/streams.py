@@ -5,7 +5,7 @@ A service streams by answering one request with many reply records, each with ``
 a problem, ends the stream). Kafka keeps one partition in order, but a service may use several producers or
 retry, so :class:`Reorderer` releases records strictly by seq and drops duplicates.
 
-:class:`ReplyStream` is the waiter side: a :class:`gateway.pending.Callback` feeds it from the reply reader's
+:class:`ReplyStream` is the waiter side: a :class:`gateway.core.pending.Callback` feeds it from the reply reader's
 greenlet, the HTTP or websocket greenlet takes records from its queue with a timeout (the idle gap).
 """
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from gevent.queue import Empty, Queue
 
-from . import jsonutil, metrics
-from .errors import GatewayError
-from .pending import Callback
+from .. import jsonutil, metrics
+from ..core.pending import Callback
+from ..errors import GatewayError
 
 if TYPE_CHECKING:
-    from .protocol import Reply
+    from ..protocol import Reply
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from gevent.event import Event
 
-from . import metrics
-from .errors import BadGateway, BrokerUnavailable
-from .protocol import (
+from .. import metrics
+from ..core.routing import partition_for_key
+from ..errors import BadGateway, BrokerUnavailable
+from ..protocol import (
     H_ASYNC,
     H_DEADLINE_MS,
     H_SERVICE,
@@ -36,12 +37,11 @@ from .protocol import (
     new_correlation_id,
     request_headers,
 )
-from .routing import partition_for_key
 from .streams import NDJSON, Reorderer, StreamBroken, item_json, problem_of
 
 if TYPE_CHECKING:
-    from .config import ServiceConfig
-    from .runtime import Gateway
+    from ..config import ServiceConfig
+    from ..core.runtime import Gateway
 
 log = logging.getLogger(__name__)
 REQUEST_ID_HEX = 48    # 24 bytes: the correlation id
@@ -227,9 +227,9 @@ class AsyncRequests:
                                  cfg["max_result_bytes"], cfg["max_stream_records"])
         self.tail: Any = None
 
-    # -- lifecycle (see gateway.variants) ----------------------------------------------------------------------
+    # -- lifecycle (see gateway.variants.runtime) ----------------------------------------------------------------------
     def start(self, actual_partitions: int | None) -> None:
-        from .kafka.tail import TopicTail
+        from ..kafka.tail import TopicTail
 
         if actual_partitions:
             self.num_partitions = actual_partitions
@@ -280,7 +280,7 @@ class AsyncRequests:
         gw = self.gw
         gw.check_ready()
         if self.tail is None:
-            from .errors import NotReady
+            from ..errors import NotReady
             raise NotReady("this worker's async results reader is not started yet")
         correlation_id = new_correlation_id(gw.worker_tag)
         rid = correlation_id.hex()
