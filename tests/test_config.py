@@ -23,7 +23,7 @@ def _err(raw: dict) -> str:
 def test_shipped_config_is_valid():
     cfg = load_config(DEFAULT_CONFIG_PATH, env={})
     assert set(cfg.services) == {"orders", "customers", "basket", "echo", "ticker"}
-    assert cfg.services["customers"].timeout_ms == cfg.limits["default_timeout_ms"]
+    assert cfg.services["customers"].timeout_ms == cfg.limits.default_timeout_ms
 
 
 def test_unknown_key_is_named():
@@ -74,15 +74,15 @@ def test_bad_bootstrap_server():
 def test_env_overrides_the_file():
     raw = apply_env({"services": SVC}, {"KAFKA_BOOTSTRAP_SERVERS": "a:1, b:2", "GATEWAY_REPLY_PARTITIONS": "8"})
     cfg = parse_config(raw)
-    assert cfg.kafka["bootstrap_servers"] == ["a:1", "b:2"] and cfg.reply["partitions"] == 8
+    assert cfg.kafka.bootstrap_servers == ("a:1", "b:2") and cfg.reply.partitions == 8
 
 
 def test_heroku_kafka_url(tmp_path):
     env = {"KAFKA_URL": "kafka+ssl://h1:9096,kafka+ssl://h2:9096", "KAFKA_TRUSTED_CERT": "-----BEGIN CERT-----"}
     cfg = parse_config(apply_env({"services": SVC}, env))
-    assert cfg.kafka["bootstrap_servers"] == ["h1:9096", "h2:9096"]
-    assert cfg.kafka["security_protocol"] == "SSL"
-    assert Path(cfg.kafka["ssl_cafile"]).read_text() == "-----BEGIN CERT-----"
+    assert cfg.kafka.bootstrap_servers == ("h1:9096", "h2:9096")
+    assert cfg.kafka.security_protocol == "SSL"
+    assert Path(cfg.kafka.ssl_cafile).read_text() == "-----BEGIN CERT-----"
 
 
 def test_missing_file_and_bad_toml(tmp_path):

@@ -159,7 +159,7 @@ def test_unparsable_record_on_every_reply_partition_is_skipped(gateway: Any, bro
                                                                session_config: Path) -> None:
     """One unparsable record on each reply partition, and on partition 0 one in the middle of a multi-record batch
     (the rest of that batch is unreadable with kafka-python and skipped with it): every later request answered."""
-    reply_topic = load_config(session_config, env={}).reply["topic"]
+    reply_topic = load_config(session_config, env={}).reply.topic
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=100)
     partitions = sorted(producer.partitions_for(reply_topic))
     before = _invalid(gateway)

@@ -4,6 +4,7 @@ session's slow-consumer close and its supervised greenlets, and the request path
 encoding or producing fails. ``tests/test_hostile.py`` drives the same through a real gateway."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from gateway import jsonutil
 from gateway.config import parse_config
+from gateway.core.calls import Call, ServiceRequest
 from gateway.core.pending import Callback
 from gateway.core.runtime import Gateway
 from gateway.errors import BadRequest, BrokerUnavailable
@@ -165,12 +167,13 @@ def test_a_request_that_cannot_be_encoded_or_produced_leaves_no_waiter():
 
     gw = _started_gateway(Refuses())
     svc = gw.config.services["svc"]
-    request = dict(method="GET", path="/svc", query="", content_type=None, body=b"", key=None)
+    request = ServiceRequest(method="GET", path="/svc", query="", content_type=None, body=b"", key=None,
+                             http_headers=[])
     with pytest.raises(UnicodeEncodeError):
-        gw.send_request(svc, _callback, http_headers=[("x-request-id", "€")], **request)
+        gw.open_call(svc, _callback, dataclasses.replace(request, http_headers=[("x-request-id", "€")]))
     assert len(gw.pending) == 0
     with pytest.raises(gevent.Timeout):
-        gw.send_request(svc, _callback, http_headers=[], **request)
+        gw.open_call(svc, _callback, request)
     assert len(gw.pending) == 0
 
     class Broken:
@@ -179,7 +182,7 @@ def test_a_request_that_cannot_be_encoded_or_produced_leaves_no_waiter():
 
     gw.producer = Broken()
     with pytest.raises(BrokerUnavailable):
-        gw.send_request(svc, _callback, http_headers=[], **request)
+        gw.open_call(svc, _callback, request)
     assert len(gw.pending) == 0
 
 
@@ -243,8 +246,10 @@ def _session_with_requests(n: int) -> tuple[Any, FakeWebsocket, list[bytes]]:
         cid = bytes([i]) * 24
         entry = _InFlight(i, cid, svc, time.monotonic() + 30, time.monotonic() + 30)
         session.inflight[i] = entry
-        gw.pending.register(Callback(cid, 0, time.monotonic() + 30, lambda r, e=entry: session._on_reply(e, r),
-                                     lambda exc, e=entry: session._on_error(e, exc)))
+        waiter = Callback(cid, 0, time.monotonic() + 30, lambda r, e=entry: session._on_reply(e, r),
+                          lambda exc, e=entry: session._on_error(e, exc))
+        gw.pending.register(waiter)
+        entry.call = Call(gw, svc, waiter)           # what open_call returns once the record is produced
         cids.append(cid)
     return session, ws, cids
 

@@ -53,13 +53,13 @@ def test_one_set_of_client_settings_reaches_consumer_producer_and_admin():
 
 def test_durability_defaults_and_config_checks():
     cfg = parse_config(SERVICES)
-    assert (cfg.kafka["acks"], cfg.kafka["enable_idempotence"]) == ("all", True)
+    assert (cfg.kafka.acks, cfg.kafka.enable_idempotence) == ("all", True)
     assert [durability(cfg, n) for n in (1, 2, 3, 5)] == [(1, 1), (2, 1), (3, 2), (3, 2)]
     pinned = parse_config({**SERVICES, "kafka": {"replication_factor": 5, "min_insync_replicas": 3}})
     assert durability(pinned, 1) == (5, 3)          # configured values win (the broker refuses if it cannot)
     with pytest.raises(ConfigError, match="enable_idempotence needs acks"):
         parse_config({**SERVICES, "kafka": {"acks": 1}})
-    assert parse_config({**SERVICES, "kafka": {"acks": 1, "enable_idempotence": False}}).kafka["acks"] == 1
+    assert parse_config({**SERVICES, "kafka": {"acks": 1, "enable_idempotence": False}}).kafka.acks == 1
     with pytest.raises(ConfigError, match="cannot exceed replication_factor"):
         parse_config({**SERVICES, "kafka": {"replication_factor": 1, "min_insync_replicas": 2}})
 

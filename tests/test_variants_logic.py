@@ -133,8 +133,8 @@ def test_config_variant_defaults_and_checks():
                                                         "answer_on": {"topic": "orders.events",
                                                                       "states": ["VALIDATED"]}}}})
     on = cfg.services["orders"].answer_on
-    assert on["timeout_ms"] == 700 and on["methods"] == ("POST",) and on["id_source"] == "reply"
-    assert cfg.services["orders"].async_timeout_ms == 700 and cfg.async_["results_topic"] == "gateway.results"
+    assert on.timeout_ms == 700 and on.methods == ("POST",) and on.id_source == "reply"
+    assert cfg.services["orders"].async_timeout_ms == 700 and cfg.async_requests.results_topic == "gateway.results"
     bad = [
         ({"async": {"results_topic": "orders.requests"}}, "async.results_topic"),
         ({"services": {"orders": {"topic": "orders.requests", "methods": ["GET"],

@@ -23,24 +23,15 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from gevent.event import Event
 
-from .. import metrics
+from ..core.calls import AsyncTicket, send_async
 from ..core.routing import partition_for_key
-from ..errors import BadGateway, BrokerUnavailable
-from ..protocol import (
-    H_ASYNC,
-    H_DEADLINE_MS,
-    H_SERVICE,
-    ProtocolError,
-    Reply,
-    ReplyTo,
-    decode_reply,
-    new_correlation_id,
-    request_headers,
-)
+from ..errors import BadGateway, NotReady
+from ..protocol import H_ASYNC, H_DEADLINE_MS, H_SERVICE, ProtocolError, Reply, decode_reply
 from .streams import NDJSON, Reorderer, StreamBroken, item_json, problem_of
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
+    from ..core.calls import ServiceRequest
     from ..core.runtime import Gateway
 
 log = logging.getLogger(__name__)
@@ -220,11 +211,11 @@ class AsyncRequests:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        cfg = gw.config.async_
-        self.topic = cfg["results_topic"]
-        self.num_partitions = cfg["partitions"]
-        self.store = ResultStore(cfg["retention_ms"], cfg["max_results"], cfg["max_store_bytes"],
-                                 cfg["max_result_bytes"], cfg["max_stream_records"])
+        cfg = gw.config.async_requests
+        self.topic = cfg.results_topic
+        self.num_partitions = cfg.partitions
+        self.store = ResultStore(cfg.retention_ms, cfg.max_results, cfg.max_store_bytes,
+                                 cfg.max_result_bytes, cfg.max_stream_records)
         self.tail: Any = None
 
     # -- lifecycle (see gateway.variants.runtime) ----------------------------------------------------------------------
@@ -236,7 +227,7 @@ class AsyncRequests:
         retention = self.store.retention_ms
         self.tail = TopicTail(self.gw.config, self.topic, self.on_record, start="beginning",
                               since_ms=lambda: now_ms() - retention,
-                              fetch_max_wait_ms=self.gw.config.async_["fetch_max_wait_ms"])
+                              fetch_max_wait_ms=self.gw.config.async_requests.fetch_max_wait_ms)
         self.tail.start()
 
     @property
@@ -261,7 +252,7 @@ class AsyncRequests:
             return
         try:
             reply = decode_reply(record.value, headers, record.partition, record.offset,
-                                 forward=self.gw.config.http["forward_response_headers"])
+                                 forward=self.gw.config.http.forward_response_headers)
         except ProtocolError as exc:
             log.warning("dropping result at %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
             return
@@ -274,29 +265,49 @@ class AsyncRequests:
         return self.tail.read_barrier(partition_for_key(rid.encode(), self.num_partitions), timeout_s)
 
     # -- request path ------------------------------------------------------------------------------------------
-    def accept(self, svc: ServiceConfig, *, method: str, path: str, query: str, content_type: str | None,
-               http_headers: Iterable[tuple[str, str]], body: bytes, key: bytes | None) -> AsyncResult:
+    def accept(self, svc: ServiceConfig, request: ServiceRequest) -> AsyncResult:
         """Marker first (acked), then the request: once this returns, every worker will know the id."""
-        gw = self.gw
-        gw.check_ready()
         if self.tail is None:
-            from ..errors import NotReady
+            self.gw.check_ready()
             raise NotReady("this worker's async results reader is not started yet")
-        correlation_id = new_correlation_id(gw.worker_tag)
-        rid = correlation_id.hex()
-        rkey = rid.encode()
-        partition = partition_for_key(rkey, self.num_partitions)
-        accepted = now_ms()
-        deadline = accepted + svc.async_timeout_ms
-        timeout_s = gw.config.kafka["request_timeout_ms"] / 1000
-        marker = [(H_ASYNC, b"accepted"), (H_DEADLINE_MS, str(deadline).encode()), (H_SERVICE, svc.name.encode())]
-        headers = request_headers(correlation_id, ReplyTo(self.topic, partition, rkey), deadline, method, path,
-                                  query, content_type, http_headers)
-        try:
-            gw.producer.send(self.topic, key=rkey, value=b"", headers=marker, partition=partition).get(timeout_s)
-            entry = self.store.accepted(rid, accepted, deadline, svc.name)
-            gw.producer.send(svc.topic, value=body, key=key, headers=headers).get(timeout_s)
-        except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError, KafkaError, closed producer
-            metrics.PRODUCE_ERRORS.labels(svc.name).inc()
-            raise BrokerUnavailable(f"could not hand the async request to Kafka: {type(exc).__name__}") from None
-        return entry
+        accepted: list[AsyncResult] = []
+
+        def on_marker(ticket: AsyncTicket) -> None:
+            accepted.append(self.store.accepted(ticket.request_id, ticket.accepted_ms, ticket.deadline_ms, svc.name))
+
+        send_async(self.gw, svc, request, self.topic, self.num_partitions, on_marker)
+        return accepted[0]
+
+    def lookup(self, rid: str, bound_s: float) -> tuple[AsyncResult | None, bool]:
+        """The entry for *rid*, reading the results partition to its end (within *bound_s*) when this worker has
+        not seen it yet (another worker may have accepted it a moment ago); and whether that read completed."""
+        started = time.monotonic()
+        entry = self.store.get(rid)
+        if entry is None and self.read_barrier(rid, bound_s):
+            return self.store.get(rid), True     # read to the end: the marker is there, or never was
+        if entry is None:
+            entry = self.store.wait_known(rid, max(0.0, bound_s - (time.monotonic() - started)))
+        return entry, False
+
+    def settle(self, entry: AsyncResult, wait_s: float | None, barrier_s: float = 0.0,
+               caught_up: bool = False) -> bool:
+        """Wait up to *wait_s* for *entry*'s result; True when it is final (a result, or past its deadline).
+
+        With *barrier_s*, first read the results partition up to its current end (within the wait, not on top of
+        it; skipped when the caller just did, *caught_up*): another worker may already have answered 200 from a
+        record this worker has not read yet. Past the deadline is final (a 504), so it is only said right after
+        such a read.
+        """
+        if not entry.done.is_set() and barrier_s and not caught_up:
+            started = time.monotonic()
+            caught_up = self.read_barrier(entry.request_id, barrier_s)
+            if wait_s:
+                wait_s = max(0.0, wait_s - (time.monotonic() - started))
+        if not entry.done.is_set() and wait_s:
+            if entry.deadline_ms is not None:
+                wait_s = min(wait_s, (entry.deadline_ms - now_ms()) / 1000 + 0.05)
+            entry.done.wait(max(0.0, wait_s))
+            caught_up = False            # time has passed since the read
+        if not entry.done.is_set() and entry.expired(now_ms()) and barrier_s and not caught_up:
+            self.read_barrier(entry.request_id, barrier_s)
+        return entry.done.is_set() or entry.expired(now_ms())

@@ -6,8 +6,8 @@ gateway's start; ``post_worker_init`` returns (and the worker serves) only after
 tails are positioned (the events tails at their end, the results tail caught up with the retention window) or
 ``reply.startup_wait_ms`` passed.
 
-Streaming and websockets need no state of their own here: they ride on ``Gateway.send_request`` with a
-:class:`gateway.core.pending.Callback` waiter.
+Streaming and websockets need no state of their own here: they ride on the core's request lifecycle
+(:mod:`gateway.core.calls`) with a :class:`gateway.core.pending.Callback` waiter.
 """
 from __future__ import annotations
 
@@ -41,16 +41,16 @@ class Variants:
         from ..kafka.admin import ensure_topics, variant_topics
 
         config = self.gw.config
-        results = config.async_["results_topic"]
+        results = config.async_requests.results_topic
         try:
             actual = ensure_topics(config, variant_topics(config))
         except Exception as exc:  # noqa: BLE001 - broker down at start: the tails wait for the topics
             log.error("could not ensure the results/events topics: %s", exc)
             actual = {}
-        if actual.get(results, config.async_["partitions"]) != config.async_["partitions"]:
+        if actual.get(results, config.async_requests.partitions) != config.async_requests.partitions:
             log.warning("results topic %s has %d partitions, config says %d; using %d", results, actual[results],
-                        config.async_["partitions"], actual[results])
-        self._deadline = time.monotonic() + config.reply["startup_wait_ms"] / 1000
+                        config.async_requests.partitions, actual[results])
+        self._deadline = time.monotonic() + config.reply.startup_wait_ms / 1000
         self.async_requests.start(actual.get(results))
         self.states.start()
         return self.wait_ready() if wait_ready else self.ready
@@ -62,7 +62,7 @@ class Variants:
             tail.wait_ready(max(0.0, self._deadline - time.monotonic()))
         if not self.ready:
             log.error("async results / events tails not positioned within reply.startup_wait_ms (%d ms)",
-                      self.gw.config.reply["startup_wait_ms"])
+                      self.gw.config.reply.startup_wait_ms)
         return self.ready
 
     @property

@@ -153,7 +153,7 @@ class ReplyStream:
     """A waiter that queues a request's replies in order for the HTTP greenlet that writes them, in an
     :class:`OutputBuffer`: a client that does not read fast enough is dropped (a last :class:`SlowConsumer` error,
     the waiter released, ``gateway_slow_consumers_dropped_total{kind}`` counted). Use :meth:`waiter` as
-    ``send_request``'s factory."""
+    ``open_call``'s factory."""
 
     def __init__(self, buffer: OutputBuffer, kind: str) -> None:
         self.buffer = buffer

@@ -1,82 +1,65 @@
-"""Answer on state over HTTP: ``answer_on`` routes and conditional GET waits (see :mod:`gateway.variants.states`)."""
+"""Answer on state over HTTP: ``answer_on`` routes and conditional GET waits.
+
+The waiting itself (an entity reaching a state, its next change) is :class:`gateway.variants.states.StateWatcher`'s;
+this module finds the entity id in the request or the reply and turns events into responses.
+"""
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from flask import Response, request
 
 from .. import jsonutil
-from ..errors import BadGateway, BadRequest, NotAcceptable, StateTimeout
+from ..errors import BadGateway, BadRequest, NotAcceptable
 from ..extensions import current_variants
-from .requests import path_segment, reply_response, wait_seconds
+from ..variants.states import entity_field
+from .requests import path_segment, wait_seconds
+from .responses import copy_reply_headers, reply_response
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
+    from ..core.calls import ServiceRequest
     from ..core.runtime import Gateway
     from ..variants.states import EntityEvent
-
-READ_BARRIER_S = 1.0     # longest a conditional GET waits to catch up with the events topic (see watch)
-
-
-def _field(doc: Any, name: str) -> str | None:
-    if isinstance(doc, dict) and doc.get(name) not in (None, ""):
-        value = doc[name]
-        return value if isinstance(value, str) else json.dumps(value)
-    return None
 
 
 def _event_response(event: EntityEvent, status: int, etag: str) -> Response:
     return Response(event.raw, status, {"ETag": etag}, content_type="application/json")
 
 
-def answer_on_state(gw: Gateway, svc: ServiceConfig, req: dict[str, Any], parsed: Any) -> Response:
+def answer_on_state(gw: Gateway, svc: ServiceConfig, req: ServiceRequest, parsed: Any) -> Response:
     on = svc.answer_on
     assert on is not None
-    table = current_variants().states.tables[on["topic"]]
     entity_id = None
-    if on["id_source"] == "path":
-        entity_id = path_segment(request.path, on["id_segment"])
+    if on.id_source == "path":
+        entity_id = path_segment(request.path, on.id_segment)
         if entity_id is None:
             raise BadRequest(f"{svc.name} answers {request.method} when the entity reaches a state; put the entity "
-                             f"id in path segment {on['id_segment']}")
-    elif on["id_source"] == "body":
-        entity_id = _field(parsed, on["id_field"])
+                             f"id in path segment {on.id_segment}")
+    elif on.id_source == "body":
+        entity_id = entity_field(parsed, on.id_field)
         if entity_id is None:
             raise BadRequest(f"{svc.name} answers {request.method} when the entity reaches a state; the JSON body "
-                             f"needs the entity id in field {on['id_field']!r}")
+                             f"needs the entity id in field {on.id_field!r}")
     sent_at = time.monotonic()   # only events read after the request was sent count
-    reply = gw.call(svc, **req)
+    reply = gw.call(svc, req)
     cid = reply.correlation_id.hex()
     if reply.stream is not None:
         raise NotAcceptable(f"{svc.name} streams its reply; answer_on routes need one reply", correlation_id=cid)
     if not 200 <= reply.status < 300:
-        return reply_response(gw, svc, reply)      # the service refused: no state to wait for
+        return reply_response(svc, reply)      # the service refused: no state to wait for
     if entity_id is None:
         try:
-            entity_id = _field(jsonutil.parse(reply.body or b"null"), on["id_field"])
+            entity_id = entity_field(jsonutil.parse(reply.body or b"null"), on.id_field)
         except ValueError:
             entity_id = None
         if entity_id is None:
-            raise BadGateway(f"{svc.name}'s reply has no JSON field {on['id_field']!r} with the entity id "
+            raise BadGateway(f"{svc.name}'s reply has no JSON field {on.id_field!r} with the entity id "
                              "(answer_on.id_field)", correlation_id=cid)
-    states = set(on["states"])
-    field = on["state_field"]
-    event = table.wait(entity_id, lambda e: e.seen_at >= sent_at and e.state(field) in states,
-                       on["timeout_ms"] / 1000)
-    if event is None:
-        last = table.get(entity_id)
-        seen = last.state(field) if last is not None else None
-        raise StateTimeout(f"{svc.name} entity {entity_id} did not reach {' or '.join(on['states'])} within "
-                           f"{on['timeout_ms']} ms (last state seen: {seen})", correlation_id=cid,
-                           entity_id=entity_id, last_state=seen)
-    response = _event_response(event, reply.status, event.etag(on["version_field"]))
-    allowed = gw.config.http["forward_response_headers"]
-    for name, value in reply.headers:
-        if name in allowed and name != "etag":
-            response.headers.add(name, value)
-    response.headers["X-Correlation-Id"] = cid
+    event = current_variants().states.wait_for_state(svc.name, on, entity_id, sent_at, cid)
+    response = _event_response(event, reply.status, event.etag(on.version_field))
+    copy_reply_headers(response, reply, skip=("etag",))
     return response
 
 
@@ -85,26 +68,14 @@ def watch(gw: Gateway, svc: ServiceConfig, prefs: dict[str, str | None]) -> Resp
     304 when nothing changed in time. Without an entity id in the path: plain request-reply (None)."""
     on = svc.answer_on
     assert on is not None
-    entity_id = path_segment(request.path, on["id_segment"])
+    entity_id = path_segment(request.path, on.id_segment)
     if entity_id is None:
         return None
-    wait_s = wait_seconds(prefs, gw.config.state["max_wait_ms"]) or 0.0
-    raw = request.headers.get("If-None-Match", "")
-    etags = {t.strip().removeprefix("W/") for t in raw.split(",") if t.strip()}
-    vf = on["version_field"]
-    if "*" in etags:      # "any representation": wait for the first event the worker sees for it
-        def changed(e: EntityEvent) -> bool:
-            return True
-    else:
-        def changed(e: EntityEvent) -> bool:
-            return e.etag(vf) not in etags
-    states = current_variants().states
-    started = time.monotonic()
-    # workers read the events topic independently: catch up first, so that a client holding the ETag another
-    # worker just served is never answered with an older event (within the wait, not on top of it)
-    states.read_barrier(on["topic"], READ_BARRIER_S)
-    wait_s = max(0.0, wait_s - (time.monotonic() - started))
-    event = states.tables[on["topic"]].wait(entity_id, changed, wait_s)
+    wait_s = wait_seconds(prefs, gw.config.state.max_wait_ms) or 0.0
+    match = request.if_none_match
+    etags = {"*"} if match.star_tag else {f'"{t}"' for t in match.as_set(include_weak=True)}
+    event = current_variants().states.wait_for_change(on, entity_id, etags, wait_s)
     if event is None:
+        raw = request.headers.get("If-None-Match", "")
         return Response(status=304, headers={"ETag": raw.split(",")[0].strip(), "Preference-Applied": "wait"})
-    return _event_response(event, 200, event.etag(vf))
+    return _event_response(event, 200, event.etag(on.version_field))

@@ -17,10 +17,11 @@ from .requests import parse_prefer
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
+    from ..core.calls import ServiceRequest
     from ..core.runtime import Gateway
 
 
-def dispatch_variant(gw: Gateway, svc: ServiceConfig, req: dict[str, Any], parsed: Any) -> Response | None:
+def dispatch_variant(gw: Gateway, svc: ServiceConfig, req: ServiceRequest, parsed: Any) -> Response | None:
     prefs = parse_prefer(request.headers.getlist("Prefer"))
     if "respond-async" in prefs:
         from .polls import accept
@@ -32,8 +33,8 @@ def dispatch_variant(gw: Gateway, svc: ServiceConfig, req: dict[str, Any], parse
     on = svc.answer_on
     if on is not None:
         from . import answer_on as state
-        if request.method == "GET" and request.headers.get("If-None-Match") and "wait" in prefs:
+        if request.method == "GET" and request.if_none_match and "wait" in prefs:
             return state.watch(gw, svc, prefs)
-        if request.method in on["methods"]:
+        if request.method in on.methods:
             return state.answer_on_state(gw, svc, req, parsed)
     return None

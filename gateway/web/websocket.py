@@ -4,7 +4,8 @@ A request frame is a JSON object ``{"id", "service", "method", "path", "headers"
 sends back carries the request's ``id``: one reply frame, or a streaming reply's item frames then an ``end`` (or
 ``error``) frame; bad input gets an error frame ``{"id", "error": <problem>}`` and the socket stays open.
 
-Each request goes through ``Gateway.send_request`` with a :class:`gateway.core.pending.Callback` waiter, so its reply
+Each request is a call of the core (:mod:`gateway.core.calls`) with a
+:class:`gateway.core.pending.Callback` waiter, so its reply
 comes back to this worker exactly like an HTTP request's. A reply is framed in the reply reader's greenlet and
 queued; one writer greenlet per socket writes the frames (so frames never interleave on the wire). A sweeper
 greenlet expires requests past their deadline or idle streams. A closed socket drops all its pending entries.
@@ -32,6 +33,7 @@ from flask import Blueprint, Response, request
 
 from .. import jsonutil, metrics
 from ..config import HTTP_METHODS
+from ..core.calls import ServiceRequest
 from ..core.pending import Callback
 from ..errors import (
     BadRequest,
@@ -40,23 +42,30 @@ from ..errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     ReplyTimeout,
-    UnknownService,
-    UnsupportedMediaType,
 )
 from ..extensions import current_gateway, current_variants
 from ..supervise import Supervised
 from ..variants.streams import OutputBuffer, Reorderer, StreamBroken, StreamIdle, problem_of
+from . import edge
 from .guard import WriteDeadline, WriteTimeout, abort, check_header, check_text
-from .requests import forwarded_headers, record_key
+from .requests import (
+    ALL_METHODS,
+    check_content_type,
+    check_method,
+    check_size,
+    forwarded_headers,
+    lookup_service,
+    record_key,
+)
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
+    from ..core.calls import Call
     from ..core.runtime import Gateway
     from ..protocol import Reply
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ws", __name__)
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _FIELDS = {"id", "service", "method", "path", "headers", "body"}
 
 
@@ -112,6 +121,7 @@ class _InFlight:
     stream_deadline: float
     reorder: Reorderer = field(default_factory=Reorderer)
     last_at: float = 0.0
+    call: Call | None = None
 
 
 def _frame_body(reply: Reply, content_type: str | None) -> dict[str, Any]:
@@ -139,7 +149,7 @@ class Session:
         self.inflight: dict[Any, _InFlight] = {}
         limits = gw.config.limits
         writes = getattr(ws.sock, "deadline", None)       # _SendAll's
-        self.out = OutputBuffer(limits["write_buffer_records"], limits["write_buffer_bytes"],
+        self.out = OutputBuffer(limits.write_buffer_records, limits.write_buffer_bytes,
                                 (lambda: writes.armed) if writes is not None else (lambda: True))
         self.closed = False
         self.dropped: str | None = None      # why the client was dropped as a slow consumer
@@ -170,7 +180,6 @@ class Session:
 
     def _release_all(self) -> None:
         for entry in list(self.inflight.values()):
-            self.gw.pending.remove(entry.correlation_id)
             self._finish(entry)
 
     def _writer(self) -> None:
@@ -207,10 +216,10 @@ class Session:
     def on_frame(self, data: Any) -> None:
         if isinstance(data, bytes):
             raise BadRequest("frames are JSON text; binary frames are not accepted")
-        limit = self.limits["max_frame_bytes"]
+        limit = self.limits.max_frame_bytes
         if len(data) > limit and len(data.encode("utf-8", "surrogatepass")) > limit:
             raise PayloadTooLarge(f"the frame is larger than websocket.max_frame_bytes "
-                                  f"({self.limits['max_frame_bytes']})")
+                                  f"({self.limits.max_frame_bytes})")
         try:
             frame = jsonutil.parse(data)
         except ValueError as exc:
@@ -235,22 +244,10 @@ class Session:
                              "reply frames will carry")
         if frame_id in self.inflight:
             raise DuplicateId(f"request {frame_id!r} is still in flight on this socket; use a new id")
-        service = frame.get("service")
-        svc = gw.config.services.get(service) if isinstance(service, str) else None
-        if svc is None:
-            raise UnknownService(f"no service {service!r}; known: {', '.join(sorted(gw.config.services))}")
         method = frame.get("method", "GET")
         if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
             raise BadRequest(f"method {method!r} is not one of {', '.join(HTTP_METHODS)}")
         method = method.upper()
-        if method not in svc.methods:
-            raise MethodNotAllowed(f"{svc.name} accepts {', '.join(svc.methods)}", allow=list(svc.methods))
-        rel = frame.get("path", "")
-        if not isinstance(rel, str) or (rel and rel[0] not in "/?"):
-            raise BadRequest('"path" is the path under the service, starting with "/" (e.g. "/o-1"), or empty')
-        check_text('"path"', rel)
-        rel_path, _, query = rel.partition("?")
-        path = f"/{svc.name}{rel_path}"
         headers = frame.get("headers") or {}
         if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                     for k, v in headers.items()):
@@ -258,13 +255,24 @@ class Session:
         for name, value in headers.items():
             check_header(name, value)
         headers = {k.lower(): v for k, v in headers.items()}
-        body, content_type = self._body(svc, frame.get("body"), headers.get("content-type"))
-        if len(self.inflight) >= self.limits["max_in_flight"]:
-            raise SocketBusy(f"this socket already has {self.limits['max_in_flight']} requests in flight "
-                             "(websocket.max_in_flight); wait for some replies")
+
         def lookup(name: str) -> str | None:
             return headers.get(name.lower())
 
+        service = frame.get("service")
+        edge.admit("websocket-frame", service if isinstance(service, str) else None, method, lookup)
+        svc = lookup_service(gw, service)
+        check_method(svc, method)
+        rel = frame.get("path", "")
+        if not isinstance(rel, str) or (rel and rel[0] not in "/?"):
+            raise BadRequest('"path" is the path under the service, starting with "/" (e.g. "/o-1"), or empty')
+        check_text('"path"', rel)
+        rel_path, _, query = rel.partition("?")
+        path = f"/{svc.name}{rel_path}"
+        body, content_type = self._body(svc, frame.get("body"), headers.get("content-type"))
+        if len(self.inflight) >= self.limits.max_in_flight:
+            raise SocketBusy(f"this socket already has {self.limits.max_in_flight} requests in flight "
+                             "(websocket.max_in_flight); wait for some replies")
         forwarded = forwarded_headers(gw, lookup)
         now = time.monotonic()
         entry = _InFlight(frame_id, b"", svc, now + svc.timeout_ms / 1000, now + svc.stream_timeout_ms / 1000)
@@ -274,12 +282,12 @@ class Session:
             return Callback(correlation_id, partition, deadline, lambda r: self._on_reply(entry, r),
                             lambda exc: self._on_error(entry, exc))
 
+        request = ServiceRequest(method=method, path=path, query=query, content_type=content_type,
+                                 http_headers=forwarded, body=body,
+                                 key=record_key(svc, path, lookup, frame.get("body")))
         self.inflight[frame_id] = entry
-        metrics.IN_FLIGHT.labels(svc.name).inc()
         try:
-            gw.send_request(svc, make, method=method, path=path, query=query, content_type=content_type,
-                            http_headers=forwarded, body=body, key=record_key(svc, path, lookup, frame.get("body")),
-                            timeout_ms=svc.stream_timeout_ms)
+            entry.call = gw.open_call(svc, make, request, timeout_ms=svc.stream_timeout_ms)
         except BaseException:
             self._finish(entry)
             raise
@@ -292,19 +300,17 @@ class Session:
             data, ctype = body.encode(), content_type
         else:
             data, ctype = json.dumps(body).encode(), "application/json"
-        mimetype = ctype.split(";", 1)[0].strip().lower()
-        if "*/*" not in svc.content_types and mimetype not in svc.content_types:
-            raise UnsupportedMediaType(f"{svc.name} does not accept {mimetype}; send one of "
-                                       f"{', '.join(svc.content_types)}")
-        if len(data) > self.gw.config.limits["max_body_bytes"]:
-            raise PayloadTooLarge(f"the body is larger than limits.max_body_bytes "
-                                  f"({self.gw.config.limits['max_body_bytes']})")
+        check_content_type(svc, ctype.split(";", 1)[0].strip().lower())
+        check_size(len(data), self.gw.config.limits.max_body_bytes)
         return data, ctype
 
     # -- replies (called in the reply reader's greenlet: frame and queue, never block) -------------------------
-    def _finish(self, entry: _InFlight) -> None:
-        if self.inflight.pop(entry.frame_id, None) is entry:
-            metrics.IN_FLIGHT.labels(entry.svc.name).dec()
+    def _finish(self, entry: _InFlight, answered: bool = False) -> None:
+        """The request is over for this socket: it leaves the socket's table and its call is closed."""
+        if self.inflight.get(entry.frame_id) is entry:
+            del self.inflight[entry.frame_id]
+        if entry.call is not None:
+            entry.call.close(answered)
 
     def _on_reply(self, entry: _InFlight, reply: Reply) -> bool:
         entry.last_at = time.monotonic()
@@ -313,14 +319,13 @@ class Session:
             ready = entry.reorder.push(reply)
         except StreamBroken as exc:
             self.send_error(entry.frame_id, exc, cid)
-            self._finish(entry)
+            self._finish(entry, answered=True)
             return True
-        allowed = self.gw.config.http["forward_response_headers"]
         for r in ready:
             ctype = r.content_type or entry.svc.reply_content_type
             if r.stream is None:
                 frame = {"id": entry.frame_id, "status": r.status, "correlation_id": cid,
-                         "headers": {k: v for k, v in r.headers if k in allowed},
+                         "headers": dict(r.headers),
                          "content_type": ctype, **_frame_body(r, ctype)}
             elif r.stream == "more":
                 frame = {"id": entry.frame_id, "seq": r.seq, "stream": "more", **_frame_body(r, ctype)}
@@ -330,16 +335,15 @@ class Session:
                 frame = {"id": entry.frame_id, "seq": r.seq, "stream": "error", "error": problem_of(r)}
             self.send(frame)
         if entry.reorder.done or self.dropped or self.closed:
-            self._finish(entry)
+            self._finish(entry, answered=True)
             return True
         return False
 
     def _on_error(self, entry: _InFlight, exc: BaseException) -> None:
-        self.gw.pending.remove(entry.correlation_id)
-        if entry.frame_id in self.inflight:
+        if self.inflight.get(entry.frame_id) is entry:
             err = exc if isinstance(exc, GatewayError) else GatewayError(str(exc))
             self.send_error(entry.frame_id, err, entry.correlation_id.hex())
-            self._finish(entry)
+        self._finish(entry)
 
     def _sweep(self) -> None:
         while not self.closed:
@@ -357,7 +361,6 @@ class Session:
                     error = StreamIdle(f"no stream record for stream_idle_timeout_ms "
                                        f"({entry.svc.stream_idle_timeout_ms})")
                 if error is not None:
-                    self.gw.pending.remove(entry.correlation_id)
                     self.send_error(entry.frame_id, error, entry.correlation_id.hex())
                     self._finish(entry)
 
@@ -408,10 +411,10 @@ def websocket() -> Response:
     gw.check_ready()
     variants = current_variants()
     cfg = gw.config.websocket
-    ping_s = cfg["ping_interval_ms"] / 1000 or None
-    ws = Server(request.environ, max_message_size=4 * cfg["max_frame_bytes"] + 4096, ping_interval=ping_s)
+    ping_s = cfg.ping_interval_ms / 1000 or None
+    ws = Server(request.environ, max_message_size=4 * cfg.max_frame_bytes + 4096, ping_interval=ping_s)
     # the library's own thread sends pings (and the close after a ping timeout) through this too
-    ws.sock = _SendAll(ws.sock, gw.config.limits["write_timeout_ms"])
+    ws.sock = _SendAll(ws.sock, gw.config.limits.write_timeout_ms)
     variants.sockets += 1
     try:
         Session(gw, ws).run()
