@@ -33,7 +33,7 @@ NDJSON = {"Accept": "application/x-ndjson"}
 class NotUtf8(str):
     """A header key kafka-python writes as bytes that are not UTF-8 (as any other client could)."""
 
-    def encode(self, *args: Any, **kwargs: Any) -> bytes:  # noqa: ARG002
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
         return b"\xff\xfe-not-utf8"
 
 

@@ -167,7 +167,7 @@ class Gateway:
 
         if self.config.kafka.enable_idempotence:
             # a broker that lost its state does not know our producer id any more; the embedded broker never lets
-            # such a producer recover (TANSU.md). Requests still unacknowledged were already failed (503).
+            # such a producer recover (docs/broker.md). Requests still unacknowledged were already failed (503).
             self._replace_producer("the broker was unreachable")
         self._topics_unchecked = True
         for _ in range(10):
@@ -177,8 +177,10 @@ class Gateway:
         self._after_outage()
 
     def _after_outage(self) -> None:
+        from ..kafka.internals import request_metadata_update
+
         try:
-            self.producer._metadata.request_update()  # noqa: SLF001 - do not write into partitions that vanished
+            request_metadata_update(self.producer)      # do not write into partitions that vanished
         except Exception:  # noqa: BLE001
             log.debug("metadata refresh request failed", exc_info=True)
         # stay not-ready (fast 503s) until the reader knows where to read: a request accepted earlier would have

@@ -31,6 +31,7 @@ from ..errors import BadGateway
 from ..protocol import ProtocolError, decode_reply
 from ..supervise import Supervised
 from . import stop_loop
+from .internals import request_rejoin
 from .unreadable import SkipUnreadable, Unidentified
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class GroupMembership(ConsumerRebalanceListener):
     def _run(self) -> None:
         k = self.config.kafka
         # A join may take the whole rebalance timeout (2x session: the broker waits for slow members), so only
-        # longer is "stuck" (kafka-python can stay "rebalancing" for good, TANSU.md): then ask for a rejoin, and
+        # longer is "stuck" (kafka-python can stay "rebalancing" for good, docs/broker.md): then ask for a rejoin, and
         # again with a growing interval. No re-created member: closing one sends LeaveGroup, which during a
         # rebalance kept the embedded broker's group from ever converging (see the class docstring).
         nudge_after = first_nudge_after = 3 * k.session_timeout_ms / 1000
@@ -137,8 +138,7 @@ class GroupMembership(ConsumerRebalanceListener):
                 nudge_after = first_nudge_after
             elif unassigned_s > nudge_after and not self._joined_empty:
                 log.warning("no reply-partition assignment for %.1fs; requesting a rejoin", unassigned_s)
-                # private: kafka-python has no public "rejoin"; tests/test_lab.py fails if it goes away
-                consumer._coordinator.request_rejoin()  # noqa: SLF001
+                request_rejoin(consumer)
                 nudge_after = min(2 * nudge_after, 600.0) + unassigned_s
 
     def stop(self, timeout_ms: int = 3000) -> None:

@@ -57,8 +57,8 @@ class AsyncResult:
     reply: Reply | None = None
     done: Event = field(default_factory=Event)
     size: int = 0                          # bytes this entry holds (its body, or the stream items gathered so far)
-    _stream: Reorderer | None = None
-    _items: list[Reply] = field(default_factory=list)
+    reorder: Reorderer | None = None        # a streamed reply being gathered (the store's)
+    gathered: list[Reply] = field(default_factory=list)
 
     def expired(self, at_ms: int) -> bool:
         """Past the deadline without a reply."""
@@ -111,7 +111,7 @@ class ResultStore:
 
     def _too_large(self, entry: AsyncResult, reply: Reply, what: str) -> AsyncResult:
         log.warning("async result %s dropped: %s", entry.request_id, what)
-        entry._items, entry._stream = [], None
+        entry.gathered, entry.reorder = [], None
         error = ResultTooLarge(f"the result is too large to keep: {what}")
         entry.reply = _problem_reply(reply.correlation_id, error.status, error.to_problem())
         entry.done.set()
@@ -138,24 +138,24 @@ class ResultStore:
             entry.done.set()
             self._resize(entry, len(reply.body))
             return entry
-        if entry._stream is None:
-            entry._stream = Reorderer(self.max_stream_records, limit)
+        if entry.reorder is None:
+            entry.reorder = Reorderer(self.max_stream_records, limit)
         try:
-            released = entry._stream.push(reply)
+            released = entry.reorder.push(reply)
         except StreamBroken as exc:
-            entry._items, entry._stream = [], None
+            entry.gathered, entry.reorder = [], None
             entry.reply = _problem_reply(reply.correlation_id, exc.status, exc.to_problem())
             entry.done.set()
             self._resize(entry, len(entry.reply.body))
             return entry
-        entry._items.extend(released)
+        entry.gathered.extend(released)
         size = entry.size + sum(len(r.body) for r in released)
-        if len(entry._items) > self.max_stream_records or size > limit:
+        if len(entry.gathered) > self.max_stream_records or size > limit:
             return self._too_large(entry, reply, f"the stream passed async.max_stream_records "
                                                  f"({self.max_stream_records}) or async.max_result_bytes ({limit})")
-        if entry._stream.done:
+        if entry.reorder.done:
             lines = []
-            for item in entry._items:
+            for item in entry.gathered:
                 if item.stream == "more":
                     lines.append(item_json(item))
                 elif item.stream == "error":
@@ -165,7 +165,7 @@ class ResultStore:
                 return self._too_large(entry, reply, f"{len(body)} bytes of NDJSON > async.max_result_bytes "
                                                      f"({limit})")
             entry.reply = Reply(reply.correlation_id, 200, body, NDJSON)
-            entry._items, entry._stream = [], None
+            entry.gathered, entry.reorder = [], None
             entry.done.set()
             size = len(body)
         self._resize(entry, size)
