@@ -235,7 +235,7 @@ class FakeWebsocket:
 
 
 def _session_with_requests(n: int) -> tuple[Any, FakeWebsocket, list[bytes]]:
-    from gateway.web.websocket import Session, _InFlight
+    from gateway.web.ws_session import Session, _InFlight
 
     gw = _started_gateway(None)
     svc = gw.config.services["svc"]
@@ -274,7 +274,7 @@ def test_a_websocket_client_that_falls_behind_gets_its_frames_then_close_1008_an
 
 @pytest.mark.parametrize("which", ["writer", "sweeper"])
 def test_a_crashed_writer_or_sweeper_ends_the_session_and_releases_its_requests(which, monkeypatch):
-    from gateway.web.websocket import Session
+    from gateway.web.ws_session import Session
 
     crashes = REGISTRY.get_sample_value("gateway_greenlet_crashes_total", {"name": f"websocket-{which}"}) or 0
     session, ws, cids = _session_with_requests(2)

@@ -1,6 +1,9 @@
 """The configuration schema: one marshmallow schema per section, unknown keys rejected, units in names, the
 relationships between settings checked with the values in the message. Each section loads into its typed, frozen
 dataclass (:mod:`gateway.config.sections`).
+
+Longer than ~300 lines on purpose: every setting's documentation lives next to its field (the README's table is
+generated from it), so the length is the documentation of ~80 settings, not logic.
 """
 from __future__ import annotations
 

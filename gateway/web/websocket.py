@@ -4,81 +4,44 @@ A request frame is a JSON object ``{"id", "service", "method", "path", "headers"
 sends back carries the request's ``id``: one reply frame, or a streaming reply's item frames then an ``end`` (or
 ``error``) frame; bad input gets an error frame ``{"id", "error": <problem>}`` and the socket stays open.
 
-Each request is a call of the core (:mod:`gateway.core.calls`) with a
-:class:`gateway.core.pending.Callback` waiter, so its reply
-comes back to this worker exactly like an HTTP request's. A reply is framed in the reply reader's greenlet and
-queued; one writer greenlet per socket writes the frames (so frames never interleave on the wire). A sweeper
-greenlet expires requests past their deadline or idle streams. A closed socket drops all its pending entries.
+This module is the endpoint (the upgrade, writes bounded in time); :mod:`gateway.web.ws_session` is the session
+(frames in, calls of the core, frames out). Each request's reply comes back to this worker exactly like an HTTP
+request's. A closed socket drops all its pending entries.
 
 A client that does not read is dropped, never buffered without bound: the frames waiting for it are bounded
 (``limits.write_buffer_records`` / ``write_buffer_bytes``; past them the socket is closed with 1008 "slow
 consumer"), each write is bounded (``limits.write_timeout_ms``; past it the connection is aborted), and the
 library pings every ``websocket.ping_interval_ms`` (a client that does not answer is closed, 1008 "Ping/Pong
-timeout"). Either way its requests leave the pending table at once. The writer and sweeper run under
-:class:`gateway.supervise.Supervised`: should one crash, the crash is logged and counted and the session ends the
-same way.
+timeout"). Either way its requests leave the pending table at once.
 """
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
-import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import gevent
 from flask import Blueprint, Response, request
 
-from .. import jsonutil, metrics
-from ..config import HTTP_METHODS
-from ..core.calls import ServiceRequest
-from ..core.pending import Callback
 from ..errors import (
-    BadRequest,
     GatewayError,
-    MalformedJSON,
     MethodNotAllowed,
-    PayloadTooLarge,
-    ReplyTimeout,
 )
 from ..extensions import current_gateway, current_variants
-from ..supervise import Supervised
-from ..variants.streams import OutputBuffer, Reorderer, StreamBroken, StreamIdle, problem_of
-from . import edge
-from .guard import WriteDeadline, WriteTimeout, abort, check_header, check_text
+from .guard import WriteDeadline, WriteTimeout
 from .requests import (
     ALL_METHODS,
-    check_content_type,
-    check_method,
-    check_size,
-    forwarded_headers,
-    lookup_service,
-    record_key,
 )
+from .ws_session import Session
 
 if TYPE_CHECKING:
-    from ..config import ServiceConfig
-    from ..core.calls import Call
-    from ..core.runtime import Gateway
-    from ..protocol import Reply
+    pass
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ws", __name__)
-_FIELDS = {"id", "service", "method", "path", "headers", "body"}
 
 
 class UpgradeRequired(GatewayError):
     status, code, title = 426, "upgrade_required", "WebSocket upgrade required"
-
-
-class SocketBusy(GatewayError):
-    status, code, title = 429, "socket_in_flight_limit", "Too many requests in flight on this socket"
-
-
-class DuplicateId(BadRequest):
-    code, title = "duplicate_id", "A request with this id is already in flight on this socket"
 
 
 class _SendAll:
@@ -107,292 +70,6 @@ class _SendAll:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
-
-_CLOSE = object()      # in the output buffer: write what came before, then close the socket (slow consumer)
-SLOW_CONSUMER = 1008   # policy violation: the close code of a dropped slow consumer (as the library's ping timeout)
-
-
-@dataclass
-class _InFlight:
-    frame_id: Any
-    correlation_id: bytes
-    svc: ServiceConfig
-    first_deadline: float
-    stream_deadline: float
-    reorder: Reorderer = field(default_factory=Reorderer)
-    last_at: float = 0.0
-    call: Call | None = None
-
-
-def _frame_body(reply: Reply, content_type: str | None) -> dict[str, Any]:
-    """The body as the frame carries it, read as *content_type* (the reply's, or the service's default)."""
-    ctype = (content_type or "").split(";", 1)[0].strip().lower()
-    if not reply.body:
-        return {"body": None}
-    if ctype == "application/json" or ctype.endswith("+json"):
-        try:
-            return {"body": jsonutil.parse(reply.body)}
-        except ValueError:
-            pass
-    if ctype.startswith("text/") or ctype.endswith(("json", "xml")):
-        return {"body": reply.body.decode("utf-8", "replace")}
-    return {"body": base64.b64encode(reply.body).decode(), "body_encoding": "base64"}
-
-
-class Session:
-    """One websocket: its in-flight requests, its writer and sweeper greenlets."""
-
-    def __init__(self, gw: Gateway, ws: Any) -> None:
-        self.gw = gw
-        self.ws = ws
-        self.limits = gw.config.websocket
-        self.inflight: dict[Any, _InFlight] = {}
-        limits = gw.config.limits
-        writes = getattr(ws.sock, "deadline", None)       # _SendAll's
-        self.out = OutputBuffer(limits.write_buffer_records, limits.write_buffer_bytes,
-                                (lambda: writes.armed) if writes is not None else (lambda: True))
-        self.closed = False
-        self.dropped: str | None = None      # why the client was dropped as a slow consumer
-
-    # -- outgoing ----------------------------------------------------------------------------------------------
-    def send(self, frame: dict[str, Any]) -> None:
-        """Queue a frame for the writer; never blocks (called in the reply reader's greenlet too)."""
-        if self.closed or self.dropped:
-            return
-        text = json.dumps(frame)
-        if not self.out.put(text, len(text)):
-            self._drop("buffer_full", f"slow consumer: more than {self.out.max_records} frames or "
-                                      f"{self.out.max_bytes} bytes unread")
-
-    def send_error(self, frame_id: Any, error: GatewayError, correlation_id: str | None = None) -> None:
-        self.send({"id": frame_id, "error": error.to_problem(correlation_id)})   # a 405's problem has "allow"
-
-    def _drop(self, reason: str, detail: str) -> None:
-        """A slow consumer: count it, release its requests now, and have the writer close the socket after
-        what is already queued (1008 + *detail*), or abort it if a write timed out."""
-        if self.dropped:
-            return
-        self.dropped = detail
-        metrics.SLOW_CONSUMERS.labels("websocket", reason).inc()
-        log.warning("websocket dropped (%s): %s; %d requests released", reason, detail, len(self.inflight))
-        self._release_all()
-        self.out.put_final(_CLOSE)
-
-    def _release_all(self) -> None:
-        for entry in list(self.inflight.values()):
-            self._finish(entry)
-
-    def _writer(self) -> None:
-        from simple_websocket import ConnectionClosed
-
-        while True:
-            item = self.out.get()
-            if item is None:
-                return
-            try:
-                if item is _CLOSE:
-                    self.ws.close(SLOW_CONSUMER, (self.dropped or "slow consumer")[:120])
-                    # wakes the session's receive (the library's reader sees the end); the close frame still
-                    # reaches a client that reads
-                    abort(self.ws.sock, discard=False)
-                    return
-                self.ws.send(item)
-            except WriteTimeout as exc:     # the connection is already aborted
-                self._drop("write_timeout", f"slow consumer: {exc}")
-                return
-            except (ConnectionClosed, OSError):     # the connection is gone: end the session's receive too
-                self.closed = True
-                abort(self.ws.sock)
-                return
-
-    def _crashed(self, exc: BaseException) -> None:
-        """``on_crash`` of the writer and the sweeper (already logged and counted by Supervised): end the session
-        as a closed socket would, releasing its requests."""
-        self.closed = True
-        self._release_all()
-        abort(self.ws.sock)
-
-    # -- request frames ----------------------------------------------------------------------------------------
-    def on_frame(self, data: Any) -> None:
-        if isinstance(data, bytes):
-            raise BadRequest("frames are JSON text; binary frames are not accepted")
-        limit = self.limits.max_frame_bytes
-        if len(data) > limit and len(data.encode("utf-8", "surrogatepass")) > limit:
-            raise PayloadTooLarge(f"the frame is larger than websocket.max_frame_bytes "
-                                  f"({self.limits.max_frame_bytes})")
-        try:
-            frame = jsonutil.parse(data)
-        except ValueError as exc:
-            raise MalformedJSON(f"the frame is not valid JSON: {exc}") from None
-        if not isinstance(frame, dict):
-            raise BadRequest('a frame is a JSON object: {"id", "service", "method", "path", "headers", "body"}')
-        frame_id = frame.get("id")
-        try:
-            self._request(frame)
-        except GatewayError as exc:
-            self.send_error(frame_id if isinstance(frame_id, (str, int)) else None, exc)
-
-    def _request(self, frame: dict[str, Any]) -> None:
-        gw = self.gw
-        unknown = set(frame) - _FIELDS
-        if unknown:
-            raise BadRequest(f"unknown frame field(s) {', '.join(sorted(unknown))}; a frame has "
-                             f"{', '.join(sorted(_FIELDS))}")
-        frame_id = frame.get("id")
-        if not isinstance(frame_id, (str, int)) or isinstance(frame_id, bool) or len(str(frame_id)) > 128:
-            raise BadRequest("every frame needs an \"id\": a string or integer (at most 128 characters) that the "
-                             "reply frames will carry")
-        if frame_id in self.inflight:
-            raise DuplicateId(f"request {frame_id!r} is still in flight on this socket; use a new id")
-        method = frame.get("method", "GET")
-        if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
-            raise BadRequest(f"method {method!r} is not one of {', '.join(HTTP_METHODS)}")
-        method = method.upper()
-        headers = frame.get("headers") or {}
-        if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                    for k, v in headers.items()):
-            raise BadRequest('"headers" is an object of string values')
-        for name, value in headers.items():
-            check_header(name, value)
-        headers = {k.lower(): v for k, v in headers.items()}
-
-        def lookup(name: str) -> str | None:
-            return headers.get(name.lower())
-
-        service = frame.get("service")
-        edge.admit("websocket-frame", service if isinstance(service, str) else None, method, lookup)
-        svc = lookup_service(gw, service)
-        check_method(svc, method)
-        rel = frame.get("path", "")
-        if not isinstance(rel, str) or (rel and rel[0] not in "/?"):
-            raise BadRequest('"path" is the path under the service, starting with "/" (e.g. "/o-1"), or empty')
-        check_text('"path"', rel)
-        rel_path, _, query = rel.partition("?")
-        path = f"/{svc.name}{rel_path}"
-        body, content_type = self._body(svc, frame.get("body"), headers.get("content-type"))
-        if len(self.inflight) >= self.limits.max_in_flight:
-            raise SocketBusy(f"this socket already has {self.limits.max_in_flight} requests in flight "
-                             "(websocket.max_in_flight); wait for some replies")
-        forwarded = forwarded_headers(gw, lookup)
-        now = time.monotonic()
-        entry = _InFlight(frame_id, b"", svc, now + svc.timeout_ms / 1000, now + svc.stream_timeout_ms / 1000)
-
-        def make(correlation_id: bytes, partition: int, deadline: float) -> Callback:
-            entry.correlation_id = correlation_id
-            return Callback(correlation_id, partition, deadline, lambda r: self._on_reply(entry, r),
-                            lambda exc: self._on_error(entry, exc))
-
-        request = ServiceRequest(method=method, path=path, query=query, content_type=content_type,
-                                 http_headers=forwarded, body=body,
-                                 key=record_key(svc, path, lookup, frame.get("body")))
-        self.inflight[frame_id] = entry
-        try:
-            entry.call = gw.open_call(svc, make, request, timeout_ms=svc.stream_timeout_ms)
-        except BaseException:
-            self._finish(entry)
-            raise
-
-    def _body(self, svc: ServiceConfig, body: Any, content_type: str | None) -> tuple[bytes, str | None]:
-        if body is None:
-            return b"", None
-        if content_type and isinstance(body, str):
-            check_text('"body"', body)
-            data, ctype = body.encode(), content_type
-        else:
-            data, ctype = json.dumps(body).encode(), "application/json"
-        check_content_type(svc, ctype.split(";", 1)[0].strip().lower())
-        check_size(len(data), self.gw.config.limits.max_body_bytes)
-        return data, ctype
-
-    # -- replies (called in the reply reader's greenlet: frame and queue, never block) -------------------------
-    def _finish(self, entry: _InFlight, answered: bool = False) -> None:
-        """The request is over for this socket: it leaves the socket's table and its call is closed."""
-        if self.inflight.get(entry.frame_id) is entry:
-            del self.inflight[entry.frame_id]
-        if entry.call is not None:
-            entry.call.close(answered)
-
-    def _on_reply(self, entry: _InFlight, reply: Reply) -> bool:
-        entry.last_at = time.monotonic()
-        cid = reply.correlation_id.hex()
-        try:
-            ready = entry.reorder.push(reply)
-        except StreamBroken as exc:
-            self.send_error(entry.frame_id, exc, cid)
-            self._finish(entry, answered=True)
-            return True
-        for r in ready:
-            ctype = r.content_type or entry.svc.reply_content_type
-            if r.stream is None:
-                frame = {"id": entry.frame_id, "status": r.status, "correlation_id": cid,
-                         "headers": dict(r.headers),
-                         "content_type": ctype, **_frame_body(r, ctype)}
-            elif r.stream == "more":
-                frame = {"id": entry.frame_id, "seq": r.seq, "stream": "more", **_frame_body(r, ctype)}
-            elif r.stream == "end":
-                frame = {"id": entry.frame_id, "seq": r.seq, "stream": "end"}
-            else:
-                frame = {"id": entry.frame_id, "seq": r.seq, "stream": "error", "error": problem_of(r)}
-            self.send(frame)
-        if entry.reorder.done or self.dropped or self.closed:
-            self._finish(entry, answered=True)
-            return True
-        return False
-
-    def _on_error(self, entry: _InFlight, exc: BaseException) -> None:
-        if self.inflight.get(entry.frame_id) is entry:
-            err = exc if isinstance(exc, GatewayError) else GatewayError(str(exc))
-            self.send_error(entry.frame_id, err, entry.correlation_id.hex())
-        self._finish(entry)
-
-    def _sweep(self) -> None:
-        while not self.closed:
-            gevent.sleep(0.1)
-            now = time.monotonic()
-            for entry in list(self.inflight.values()):
-                error: GatewayError | None = None
-                if entry.last_at == 0.0 and now > entry.first_deadline:
-                    metrics.TIMEOUTS.labels(entry.svc.name).inc()
-                    error = ReplyTimeout(f"{entry.svc.name} did not reply within {entry.svc.timeout_ms} ms")
-                elif entry.last_at and now > entry.stream_deadline:
-                    error = StreamIdle(f"the stream did not end within stream_timeout_ms "
-                                       f"({entry.svc.stream_timeout_ms})")
-                elif entry.last_at and now - entry.last_at > entry.svc.stream_idle_timeout_ms / 1000:
-                    error = StreamIdle(f"no stream record for stream_idle_timeout_ms "
-                                       f"({entry.svc.stream_idle_timeout_ms})")
-                if error is not None:
-                    self.send_error(entry.frame_id, error, entry.correlation_id.hex())
-                    self._finish(entry)
-
-    # -- the socket's life -------------------------------------------------------------------------------------
-    def run(self) -> None:
-        from simple_websocket import ConnectionClosed
-
-        def supervised(name: str, target: Any) -> Supervised:
-            return Supervised(name, target, restart=False, worker_wide=False, on_crash=self._crashed).start()
-
-        writer = supervised("websocket-writer", self._writer)
-        sweeper = supervised("websocket-sweeper", self._sweep)
-        try:
-            while not self.closed:
-                data = self.ws.receive()
-                try:
-                    self.on_frame(data)
-                except GatewayError as exc:
-                    self.send_error(None, exc)
-                except Exception:  # noqa: BLE001 - a bug must cost one frame, not the session
-                    log.exception("websocket frame failed")
-                    self.send_error(None, GatewayError("unexpected gateway error handling this frame; see the "
-                                                       "gateway log"))
-        except ConnectionClosed:
-            pass
-        finally:
-            self.closed = True
-            self._release_all()
-            sweeper.stop(timeout_s=0)
-            self.out.put_final(None)
-            writer.stop(timeout_s=1)    # what is queued cannot reach a closed socket: do not wait for it
-            self.out.clear()
 
 
 @bp.route("/ws", methods=ALL_METHODS, provide_automatic_options=False)
