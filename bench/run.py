@@ -1,7 +1,7 @@
 """One benchmark run: every cell (path × reply partitions per reader × clients) on a fresh broker.
 
 Why a fresh broker per cell: the embedded broker (Tansu, memory storage) scans a partition's stored batches on
-every fetch, so its fetch cost grows with what earlier cells wrote (../shared/TANSU.md). Fresh topics on one
+every fetch, so its fetch cost grows with what earlier cells wrote (docs/broker.md). Fresh topics on one
 broker would avoid that too, but every process of a cell (echo, gateway, baseline) is restarted anyway to read a
 new topic, the broker's memory would grow over the run, and its group coordinator would carry the earlier cells'
 groups; starting Tansu takes well under a second. So: a new broker, new topics, a new echo service and a new
