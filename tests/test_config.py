@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from gateway.config import DEFAULT_CONFIG_PATH, apply_env, load_config, parse_config
 from gateway.errors import ConfigError
@@ -101,7 +102,7 @@ def _run(argv: list[str], config: Path, timeout: float = 60) -> subprocess.Compl
 
 def test_cli_check_config_fails_with_the_key(tmp_path):
     bad = tmp_path / "g.toml"
-    bad.write_text('[services.orders]\ntopic = "o"\ntimeout = 5\n')
+    bad.write_text(tomli_w.dumps({"services": {"orders": {"topic": "o", "timeout": 5}}}))
     res = _run([sys.executable, "-m", "gateway.cli", "check-config"], bad)
     assert res.returncode == 2
     assert "services.orders.timeout" in res.stderr and "unknown key" in res.stderr
@@ -109,7 +110,7 @@ def test_cli_check_config_fails_with_the_key(tmp_path):
 
 def test_gunicorn_refuses_to_start_on_bad_config(tmp_path):
     bad = tmp_path / "g.toml"
-    bad.write_text('[services.orders]\ntopic = "o"\n[reply]\npartitions = 0\n')
+    bad.write_text(tomli_w.dumps({"services": {"orders": {"topic": "o"}}, "reply": {"partitions": 0}}))
     res = _run([sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "--bind", "127.0.0.1:0",
                 "gateway.wsgi:app"], bad)
     assert res.returncode == 2, (res.returncode, res.stderr[-2000:])  # the README promises exit code 2

@@ -199,20 +199,13 @@ class ReplyStream:
 
 
 # -- encodings ---------------------------------------------------------------------------------------------------
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    mt = content_type.split(";", 1)[0].strip().lower()
-    return mt == "application/json" or mt.endswith("+json")
-
-
 def item_json(reply: Reply) -> str:
     """One stream item as one line of JSON: JSON bodies as they are (compacted if they span lines), text as a
     JSON string, an empty body as null, other bytes as their UTF-8 reading (replacement characters)."""
     body = reply.body
     if not body:
         return "null"
-    if _is_json(reply.content_type):
+    if jsonutil.is_json_type(reply.content_type):
         text = body.decode("utf-8", "replace").strip()
         if "\n" not in text and "\r" not in text:
             return text

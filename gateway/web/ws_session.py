@@ -83,7 +83,7 @@ def _frame_body(reply: Reply, content_type: str | None) -> dict[str, Any]:
     ctype = (content_type or "").split(";", 1)[0].strip().lower()
     if not reply.body:
         return {"body": None}
-    if ctype == "application/json" or ctype.endswith("+json"):
+    if jsonutil.is_json_type(ctype):
         try:
             return {"body": jsonutil.parse(reply.body)}
         except ValueError:
