@@ -13,19 +13,7 @@ from typing import Any, ClassVar
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from .sections import (
-    AnswerOn,
-    AsyncSettings,
-    Config,
-    HttpSettings,
-    KafkaSettings,
-    KeySpec,
-    LimitsSettings,
-    ReplySettings,
-    ServiceConfig,
-    StateSettings,
-    WebsocketSettings,
-)
+from . import sections
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 RESERVED_NAMES = ("healthz", "readyz", "metrics", "ws", "requests", "static")
@@ -48,7 +36,7 @@ class _Strict(Schema):
 
 class KafkaSchema(_Strict):
     """Kafka client settings shared by the producer and the reply consumer (kafka-python names)."""
-    section = KafkaSettings
+    section = sections.KafkaSettings
 
 
     bootstrap_servers = fields.List(fields.String(), load_default=["localhost:9092"],
@@ -133,7 +121,7 @@ class KafkaSchema(_Strict):
 
 class ReplySchema(_Strict):
     """The shared reply topic and the gateway's consumer group on it."""
-    section = ReplySettings
+    section = sections.ReplySettings
 
 
     topic = fields.String(load_default="gateway.replies", validate=validate.Regexp(_TOPIC_RE),
@@ -160,7 +148,7 @@ class ReplySchema(_Strict):
 
 
 class LimitsSchema(_Strict):
-    section = LimitsSettings
+    section = sections.LimitsSettings
     max_body_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=0),
                                     metadata={"doc": "Largest request body accepted (413 above)."})
     max_in_flight = fields.Integer(load_default=10000, validate=validate.Range(min=1),
@@ -194,7 +182,7 @@ class LimitsSchema(_Strict):
 
 class KeySchema(_Strict):
     """Where the request record's Kafka key comes from (so one entity's requests stay in order)."""
-    section = KeySpec
+    section = sections.KeySpec
 
 
     source = fields.String(required=True, validate=validate.OneOf(["path", "json", "header"]),
@@ -214,7 +202,7 @@ class KeySchema(_Strict):
 
 class AnswerOnSchema(_Strict):
     """Answer on state: reply when the entity's events reach one of ``states`` (docs/variants.md, variant 4)."""
-    section = AnswerOn
+    section = sections.AnswerOn
 
 
     topic = fields.String(required=True, validate=validate.Regexp(_TOPIC_RE),
@@ -285,7 +273,7 @@ class ServiceSchema(_Strict):
 
 
 class HttpSchema(_Strict):
-    section = HttpSettings
+    section = sections.HttpSettings
     forward_request_headers = fields.List(
         fields.String(), load_default=["accept", "accept-language", "user-agent", "x-request-id", "idempotency-key",
                                        "if-match", "if-none-match"],
@@ -299,7 +287,7 @@ class HttpSchema(_Strict):
 
 class AsyncSchema(_Strict):
     """Async request + poll (``Prefer: respond-async``): results live on a topic every worker reads in full."""
-    section = AsyncSettings
+    section = sections.AsyncSettings
 
 
     results_topic = fields.String(load_default="gateway.results", validate=validate.Regexp(_TOPIC_RE),
@@ -345,7 +333,7 @@ class AsyncSchema(_Strict):
 
 class WebsocketSchema(_Strict):
     """The ``/ws`` endpoint."""
-    section = WebsocketSettings
+    section = sections.WebsocketSettings
 
 
     max_frame_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=64),
@@ -361,7 +349,7 @@ class WebsocketSchema(_Strict):
 
 class StateSchema(_Strict):
     """Answer on state: the per-worker table of entity states read from the events topics."""
-    section = StateSettings
+    section = sections.StateSettings
 
 
     max_entities = fields.Integer(load_default=100000, validate=validate.Range(min=1),
@@ -403,7 +391,7 @@ class GatewaySchema(_Strict):
         _check_variants(data, topics)
 
     @post_load
-    def _build(self, data: dict[str, Any], **_: Any) -> "Config":
+    def _build(self, data: dict[str, Any], **_: Any) -> sections.Config:
         services = {}
         for name, s in data["services"].items():
             s = dict(s)
@@ -414,12 +402,14 @@ class GatewaySchema(_Strict):
             if s["answer_on"] is not None:
                 s["answer_on"] = dataclasses.replace(s["answer_on"],
                                                      timeout_ms=s["answer_on"].timeout_ms or s["timeout_ms"])
-            services[name] = ServiceConfig(name=name, **s)
+            services[name] = sections.ServiceConfig(name=name, **s)
         http = data["http"]
-        http = HttpSettings(forward_request_headers=tuple(h.lower() for h in http.forward_request_headers),
-                            forward_response_headers=tuple(h.lower() for h in http.forward_response_headers))
-        return Config(kafka=data["kafka"], reply=data["reply"], limits=data["limits"], http=http, services=services,
-                      async_requests=data["async_requests"], websocket=data["websocket"], state=data["state"])
+        http = sections.HttpSettings(
+            forward_request_headers=tuple(h.lower() for h in http.forward_request_headers),
+            forward_response_headers=tuple(h.lower() for h in http.forward_response_headers))
+        return sections.Config(kafka=data["kafka"], reply=data["reply"], limits=data["limits"], http=http,
+                               services=services, async_requests=data["async_requests"], websocket=data["websocket"],
+                               state=data["state"])
 
 
 def _check_variants(data: dict[str, Any], service_topics: dict[str, str]) -> None:
