@@ -39,13 +39,13 @@ class FloorClient:
         self.svc = svc
         self.path = path
         self.producer = KafkaProducer(
-            **config.kafka_client_kwargs(), acks=k["acks"], linger_ms=k["linger_ms"], enable_idempotence=False,
-            max_block_ms=k["max_block_ms"], compression_type=k["compression_type"], retries=3,
-            delivery_timeout_ms=max(k["request_timeout_ms"] * 2, 10000),
+            **config.kafka_client_kwargs(), acks=k.acks, linger_ms=k.linger_ms, enable_idempotence=False,
+            max_block_ms=k.max_block_ms, compression_type=k.compression_type, retries=3,
+            delivery_timeout_ms=max(k.request_timeout_ms * 2, 10000),
             max_request_size=max(1048576, config.limits.max_body_bytes + 65536))
         self.consumer = KafkaConsumer(
             **config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
-            fetch_max_wait_ms=k["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="latest",
+            fetch_max_wait_ms=k.fetch_max_wait_ms, fetch_min_bytes=1, auto_offset_reset="latest",
             max_poll_records=2000)
         tps = [TopicPartition(reply_topic, p) for p in range(reply_partitions)]
         self.consumer.assign(tps)
