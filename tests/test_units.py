@@ -256,7 +256,7 @@ def test_websocket_frame_reads_a_reply_without_content_type_as_the_service_defau
     """The frame says content_type=<the service's reply_content_type>; its body must be read the same way (it was
     base64 under "application/json")."""
     from gateway.protocol import Reply
-    from gateway.web.ws_session import _frame_body
+    from gateway.web.ws_frames import frame_body as _frame_body
 
     reply = Reply(b"c" * 24, 200, b'{"a": [1, 2]}', None)
     assert _frame_body(reply, "application/json") == {"body": {"a": [1, 2]}}

@@ -1,8 +1,8 @@
 """One websocket session: its requests in flight, its writer and sweeper greenlets (``/ws``, see
 :mod:`gateway.web.websocket`).
 
-A request frame is validated as an HTTP request is (:mod:`gateway.web.requests`), passes the edge
-(:mod:`gateway.web.edge`) and becomes a call of the core (:mod:`gateway.core.calls`) with a
+A request frame is read by :mod:`gateway.web.ws_frames` (checked as an HTTP request is, behind the same edge
+hook) and becomes a call of the core (:mod:`gateway.core.calls`) with a
 :class:`gateway.core.pending.Callback` waiter; the session closes the call when the request is over (its last
 reply, an error, a deadline, the socket closed). A reply is framed in the reply reader's greenlet and queued; one
 writer greenlet writes the frames (so frames never interleave on the wire); a sweeper expires requests past their
@@ -11,7 +11,6 @@ crash, the crash is logged and counted and the session ends as a closed socket w
 """
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -21,8 +20,6 @@ from typing import TYPE_CHECKING, Any
 import gevent
 
 from .. import jsonutil, metrics
-from ..config import HTTP_METHODS
-from ..core.calls import ServiceRequest
 from ..core.pending import Callback
 from ..errors import (
     BadRequest,
@@ -32,17 +29,9 @@ from ..errors import (
     ReplyTimeout,
 )
 from ..supervise import Supervised
-from ..variants.streams import OutputBuffer, Reorderer, StreamBroken, StreamIdle, problem_of
-from . import edge
-from .guard import WriteTimeout, abort, check_header, check_text
-from .requests import (
-    check_content_type,
-    check_method,
-    check_size,
-    forwarded_headers,
-    lookup_service,
-    record_key,
-)
+from ..variants.streams import OutputBuffer, Reorderer, StreamBroken, StreamIdle
+from .guard import WriteTimeout, abort
+from .ws_frames import parse_frame, reply_frame
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
@@ -51,15 +40,10 @@ if TYPE_CHECKING:
     from ..protocol import Reply
 
 log = logging.getLogger(__name__)
-_FIELDS = {"id", "service", "method", "path", "headers", "body"}
 
 
 class SocketBusy(GatewayError):
     status, code, title = 429, "socket_in_flight_limit", "Too many requests in flight on this socket"
-
-
-class DuplicateId(BadRequest):
-    code, title = "duplicate_id", "A request with this id is already in flight on this socket"
 
 
 _CLOSE = object()      # in the output buffer: write what came before, then close the socket (slow consumer)
@@ -76,21 +60,6 @@ class _InFlight:
     reorder: Reorderer = field(default_factory=Reorderer)
     last_at: float = 0.0
     call: Call | None = None
-
-
-def _frame_body(reply: Reply, content_type: str | None) -> dict[str, Any]:
-    """The body as the frame carries it, read as *content_type* (the reply's, or the service's default)."""
-    ctype = (content_type or "").split(";", 1)[0].strip().lower()
-    if not reply.body:
-        return {"body": None}
-    if jsonutil.is_json_type(ctype):
-        try:
-            return {"body": jsonutil.parse(reply.body)}
-        except ValueError:
-            pass
-    if ctype.startswith("text/") or ctype.endswith(("json", "xml")):
-        return {"body": reply.body.decode("utf-8", "replace")}
-    return {"body": base64.b64encode(reply.body).decode(), "body_encoding": "base64"}
 
 
 class Session:
@@ -187,76 +156,24 @@ class Session:
             self.send_error(frame_id if isinstance(frame_id, (str, int)) else None, exc)
 
     def _request(self, frame: dict[str, Any]) -> None:
-        gw = self.gw
-        unknown = set(frame) - _FIELDS
-        if unknown:
-            raise BadRequest(f"unknown frame field(s) {', '.join(sorted(unknown))}; a frame has "
-                             f"{', '.join(sorted(_FIELDS))}")
-        frame_id = frame.get("id")
-        if not isinstance(frame_id, (str, int)) or isinstance(frame_id, bool) or len(str(frame_id)) > 128:
-            raise BadRequest("every frame needs an \"id\": a string or integer (at most 128 characters) that the "
-                             "reply frames will carry")
-        if frame_id in self.inflight:
-            raise DuplicateId(f"request {frame_id!r} is still in flight on this socket; use a new id")
-        method = frame.get("method", "GET")
-        if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
-            raise BadRequest(f"method {method!r} is not one of {', '.join(HTTP_METHODS)}")
-        method = method.upper()
-        headers = frame.get("headers") or {}
-        if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                    for k, v in headers.items()):
-            raise BadRequest('"headers" is an object of string values')
-        for name, value in headers.items():
-            check_header(name, value)
-        headers = {k.lower(): v for k, v in headers.items()}
-
-        def lookup(name: str) -> str | None:
-            return headers.get(name.lower())
-
-        service = frame.get("service")
-        edge.admit("websocket-frame", service if isinstance(service, str) else None, method, lookup)
-        svc = lookup_service(gw, service)
-        check_method(svc, method)
-        rel = frame.get("path", "")
-        if not isinstance(rel, str) or (rel and rel[0] not in "/?"):
-            raise BadRequest('"path" is the path under the service, starting with "/" (e.g. "/o-1"), or empty')
-        check_text('"path"', rel)
-        rel_path, _, query = rel.partition("?")
-        path = f"/{svc.name}{rel_path}"
-        body, content_type = self._body(svc, frame.get("body"), headers.get("content-type"))
+        parsed = parse_frame(self.gw, frame, self.inflight)
         if len(self.inflight) >= self.limits.max_in_flight:
             raise SocketBusy(f"this socket already has {self.limits.max_in_flight} requests in flight "
                              "(websocket.max_in_flight); wait for some replies")
-        forwarded = forwarded_headers(gw, lookup)
-        now = time.monotonic()
-        entry = _InFlight(frame_id, b"", svc, now + svc.timeout_ms / 1000, now + svc.stream_timeout_ms / 1000)
+        svc, now = parsed.svc, time.monotonic()
+        entry = _InFlight(parsed.frame_id, b"", svc, now + svc.timeout_ms / 1000, now + svc.stream_timeout_ms / 1000)
 
         def make(correlation_id: bytes, partition: int, deadline: float) -> Callback:
             entry.correlation_id = correlation_id
             return Callback(correlation_id, partition, deadline, lambda r: self._on_reply(entry, r),
                             lambda exc: self._on_error(entry, exc))
 
-        request = ServiceRequest(method=method, path=path, query=query, content_type=content_type,
-                                 http_headers=forwarded, body=body,
-                                 key=record_key(svc, path, lookup, frame.get("body")))
-        self.inflight[frame_id] = entry
+        self.inflight[parsed.frame_id] = entry
         try:
-            entry.call = gw.open_call(svc, make, request, timeout_ms=svc.stream_timeout_ms)
+            entry.call = self.gw.open_call(svc, make, parsed.request, timeout_ms=svc.stream_timeout_ms)
         except BaseException:
             self._finish(entry)
             raise
-
-    def _body(self, svc: ServiceConfig, body: Any, content_type: str | None) -> tuple[bytes, str | None]:
-        if body is None:
-            return b"", None
-        if content_type and isinstance(body, str):
-            check_text('"body"', body)
-            data, ctype = body.encode(), content_type
-        else:
-            data, ctype = json.dumps(body).encode(), "application/json"
-        check_content_type(svc, ctype.split(";", 1)[0].strip().lower())
-        check_size(len(data), self.gw.config.limits.max_body_bytes)
-        return data, ctype
 
     # -- replies (called in the reply reader's greenlet: frame and queue, never block) -------------------------
     def _finish(self, entry: _InFlight, answered: bool = False) -> None:
@@ -276,18 +193,7 @@ class Session:
             self._finish(entry, answered=True)
             return True
         for r in ready:
-            ctype = r.content_type or entry.svc.reply_content_type
-            if r.stream is None:
-                frame = {"id": entry.frame_id, "status": r.status, "correlation_id": cid,
-                         "headers": dict(r.headers),
-                         "content_type": ctype, **_frame_body(r, ctype)}
-            elif r.stream == "more":
-                frame = {"id": entry.frame_id, "seq": r.seq, "stream": "more", **_frame_body(r, ctype)}
-            elif r.stream == "end":
-                frame = {"id": entry.frame_id, "seq": r.seq, "stream": "end"}
-            else:
-                frame = {"id": entry.frame_id, "seq": r.seq, "stream": "error", "error": problem_of(r)}
-            self.send(frame)
+            self.send(reply_frame(entry.frame_id, r, entry.svc.reply_content_type))
         if entry.reorder.done or self.dropped or self.closed:
             self._finish(entry, answered=True)
             return True
