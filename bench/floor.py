@@ -7,7 +7,7 @@ one reply reader), without 64 OS threads fighting over the GIL, which would meas
 rather than Kafka.
 
 The producer and the reply consumer are built from the same parsed gateway config, with the same arguments as
-``gateway.runtime.Gateway.start`` and ``gateway.kafka.replies.ReplyReader.start``; requests carry the gateway's
+``gateway.core.runtime.Gateway.start`` and ``gateway.kafka.replies.ReplyReader.start``; requests carry the gateway's
 wire-protocol headers (``request_headers``), so the echo service cannot tell them from the gateway's.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from gateway.core.routing import mint_reply_key
 from gateway.protocol import ReplyTo, decode_reply, new_correlation_id, new_worker_tag, request_headers
-from gateway.routing import mint_reply_key
 
 from .stats import CellResult
 
@@ -39,13 +39,13 @@ class FloorClient:
         self.svc = svc
         self.path = path
         self.producer = KafkaProducer(
-            **config.kafka_client_kwargs(), acks=k["acks"], linger_ms=k["linger_ms"], enable_idempotence=False,
-            max_block_ms=k["max_block_ms"], compression_type=k["compression_type"], retries=3,
-            delivery_timeout_ms=max(k["request_timeout_ms"] * 2, 10000),
-            max_request_size=max(1048576, config.limits["max_body_bytes"] + 65536))
+            **config.kafka_client_kwargs(), acks=k.acks, linger_ms=k.linger_ms, enable_idempotence=False,
+            max_block_ms=k.max_block_ms, compression_type=k.compression_type, retries=3,
+            delivery_timeout_ms=max(k.request_timeout_ms * 2, 10000),
+            max_request_size=max(1048576, config.limits.max_body_bytes + 65536))
         self.consumer = KafkaConsumer(
             **config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
-            fetch_max_wait_ms=k["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="latest",
+            fetch_max_wait_ms=k.fetch_max_wait_ms, fetch_min_bytes=1, auto_offset_reset="latest",
             max_poll_records=2000)
         tps = [TopicPartition(reply_topic, p) for p in range(reply_partitions)]
         self.consumer.assign(tps)

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 raw, cpu, window, requests_done, title = _idle(stack, bench, prof_dir, args)
             else:
                 config, _ = bench._kafka(stack, args.ppr * bench.s.workers)  # noqa: SLF001 - same package
-                bootstrap = config.kafka["bootstrap_servers"][0]
+                bootstrap = config.kafka.bootstrap_servers[0]
                 env = base_env(bootstrap, GATEWAY_CONFIG=str(bench.log_dir / "gateway.toml"))
                 proc, url = _gunicorn(stack, bench.log_dir, env, prof_dir)
                 workers = children(proc.pid)

@@ -1,7 +1,7 @@
 """One benchmark run: every cell (path × reply partitions per reader × clients) on a fresh broker.
 
 Why a fresh broker per cell: the embedded broker (Tansu, memory storage) scans a partition's stored batches on
-every fetch, so its fetch cost grows with what earlier cells wrote (../shared/TANSU.md). Fresh topics on one
+every fetch, so its fetch cost grows with what earlier cells wrote (docs/broker.md). Fresh topics on one
 broker would avoid that too, but every process of a cell (echo, gateway, baseline) is restarted anyway to read a
 new topic, the broker's memory would grow over the run, and its group coordinator would carry the earlier cells'
 groups; starting Tansu takes well under a second. So: a new broker, new topics, a new echo service and a new
@@ -156,7 +156,7 @@ class Bench:
 
     def _baseline(self, cell: Cell, stack: ExitStack, config: Config, echo: Process) -> CellResult:
         port = free_port()
-        bootstrap = config.kafka["bootstrap_servers"][0]
+        bootstrap = config.kafka.bootstrap_servers[0]
         server = Process("baseline", [sys.executable, "-m", "bench.baseline", bootstrap, ECHO["topic"],
                                       BASELINE_REPLY_TOPIC, str(cell.ppr), "--port", str(port),
                                       "--fetch-max-wait-ms", str(self.s.fetch_max_wait_ms)],
@@ -172,11 +172,11 @@ class Bench:
     def start_gateway(self, stack: ExitStack, ppr: int) -> tuple[GunicornGateway, Config, Process]:
         """A fresh broker, echo and gateway whose workers read *ppr* reply partitions each; serving on return."""
         config, echo = self._kafka(stack, ppr * self.s.workers)
-        bootstrap = config.kafka["bootstrap_servers"][0]
+        bootstrap = config.kafka.bootstrap_servers[0]
         gw = GunicornGateway(self.log_dir / "gateway.toml", bootstrap, self.log_dir, workers=self.s.workers)
         stack.callback(gw.stop)
         gw.wait_ready(60)
-        n = config.reply["partitions"]
+        n = config.reply.partitions
         # every worker minting on and reading only its own partitions (no borrowed one left): ppr per worker
         wait_until(lambda: _settled(gw.metrics(), n), 60, 0.2, f"gateway workers owning and reading {n} partitions")
         self._wait_answering(gw.url + PATH, gw)
@@ -184,7 +184,7 @@ class Bench:
 
     def _gateway(self, cell: Cell, stack: ExitStack) -> CellResult:
         gw, config, echo = self.start_gateway(stack, cell.ppr)
-        hops = HopReader(config, ECHO["topic"], config.reply["topic"])
+        hops = HopReader(config, ECHO["topic"], config.reply.topic)
         stack.callback(hops.close)
         groups = {**self._kafka_groups(echo), "gunicorn master": [gw.pid], "workers": children(gw.pid)}
         return self._drive(cell, gw, gw.url + PATH, groups, [echo], hops)

@@ -35,6 +35,8 @@ def check(order: dict) -> tuple[str, str | None]:
 def run(stop: threading.Event, ready: threading.Event | None = None) -> None:
     from kafka import KafkaConsumer, KafkaProducer
 
+    from gateway.kafka.internals import request_rejoin
+
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092").split(",")
     session_ms = int(os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "10000"))
     consumer = KafkaConsumer(EVENTS_TOPIC, bootstrap_servers=servers, group_id="orders-validator",
@@ -51,7 +53,7 @@ def run(stop: threading.Event, ready: threading.Event | None = None) -> None:
                     ready.set()
                 unassigned_since = time.monotonic()
             elif time.monotonic() - unassigned_since > 2 * session_ms / 1000:
-                consumer._coordinator.request_rejoin()  # noqa: SLF001 - see TANSU.md, "Rejoin stuck"
+                request_rejoin(consumer)     # see docs/broker.md, "Rejoin stuck"
                 unassigned_since = time.monotonic()
             for records in batches.values():
                 for record in records:

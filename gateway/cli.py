@@ -33,8 +33,8 @@ def _config():  # noqa: ANN202
 
 def cmd_check_config(_: argparse.Namespace) -> int:
     cfg = _config()
-    print(f"brokers: {', '.join(cfg.kafka['bootstrap_servers'])}")
-    print(f"reply topic: {cfg.reply['topic']} ({cfg.reply['partitions']} partitions), group {cfg.reply['group_id']}")
+    print(f"brokers: {', '.join(cfg.kafka.bootstrap_servers)}")
+    print(f"reply topic: {cfg.reply.topic} ({cfg.reply.partitions} partitions), group {cfg.reply.group_id}")
     for svc in cfg.services.values():
         print(f"service {svc.name}: topic {svc.topic}, {'/'.join(svc.methods)}, timeout {svc.timeout_ms} ms")
     return 0
@@ -56,7 +56,7 @@ def cmd_topics(_: argparse.Namespace) -> int:
     status = 0
     for name, n in wanted.items():
         note = "" if actual.get(name) == n else f"  (configured {n}: change it by hand)"
-        if name == cfg.reply["topic"] and actual.get(name, 0) < n:
+        if name == cfg.reply.topic and actual.get(name, 0) < n:
             status = 1
         print(f"{name}: {actual.get(name)} partitions{note}")
     return status

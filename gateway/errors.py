@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+PROBLEM_JSON = "application/problem+json"
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and the fix."""
@@ -107,7 +109,7 @@ class StateTimeout(GatewayError):
 
 def problem_response(error: GatewayError, correlation_id: str | None = None) -> tuple[bytes, int, dict[str, str]]:
     """Render *error* as a ``(body, status, headers)`` triple for Flask."""
-    headers = {"Content-Type": "application/problem+json"}
+    headers = {"Content-Type": PROBLEM_JSON}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
     if "allow" in error.extra:                      # 405 says which methods would do

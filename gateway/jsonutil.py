@@ -62,3 +62,10 @@ def _openings(text: bytes | str) -> int:
     if isinstance(text, str):
         return text.count("[") + text.count("{")
     return text.count(b"[") + text.count(b"{")
+
+
+def is_json_type(content_type: str | None) -> bool:
+    """``application/json`` or a ``+json`` type (parameters ignored): what Flask's ``request.is_json`` says, for a
+    content type that is not a Flask request's (a reply record's, a websocket frame's)."""
+    mimetype = (content_type or "").split(";", 1)[0].strip().lower()
+    return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))

@@ -64,6 +64,11 @@ class Supervised:
         return self._down_since is None and (self._finished or not self._greenlet.dead)
 
     @property
+    def stopping(self) -> bool:
+        """Being stopped on purpose: not a loop that is down."""
+        return self._stopping
+
+    @property
     def down_for_s(self) -> float:
         return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
@@ -110,11 +115,11 @@ def health() -> dict[str, str]:
     """Every worker-wide supervised loop: ``ok``, or why it is down (for ``/readyz``)."""
     out = {}
     for s in list(_registry):
-        if s._stopping:
+        if s.stopping:
             continue
         out[s.name] = "ok" if s.healthy else f"down for {s.down_for_s:.1f}s: {s.last_error}"
     return out
 
 
 def all_healthy() -> bool:
-    return all(s.healthy for s in list(_registry) if not s._stopping)
+    return all(s.healthy for s in list(_registry) if not s.stopping)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from gateway.config import DEFAULT_CONFIG_PATH, apply_env, load_config, parse_config
 from gateway.errors import ConfigError
@@ -23,7 +24,7 @@ def _err(raw: dict) -> str:
 def test_shipped_config_is_valid():
     cfg = load_config(DEFAULT_CONFIG_PATH, env={})
     assert set(cfg.services) == {"orders", "customers", "basket", "echo", "ticker"}
-    assert cfg.services["customers"].timeout_ms == cfg.limits["default_timeout_ms"]
+    assert cfg.services["customers"].timeout_ms == cfg.limits.default_timeout_ms
 
 
 def test_unknown_key_is_named():
@@ -74,15 +75,15 @@ def test_bad_bootstrap_server():
 def test_env_overrides_the_file():
     raw = apply_env({"services": SVC}, {"KAFKA_BOOTSTRAP_SERVERS": "a:1, b:2", "GATEWAY_REPLY_PARTITIONS": "8"})
     cfg = parse_config(raw)
-    assert cfg.kafka["bootstrap_servers"] == ["a:1", "b:2"] and cfg.reply["partitions"] == 8
+    assert cfg.kafka.bootstrap_servers == ("a:1", "b:2") and cfg.reply.partitions == 8
 
 
 def test_heroku_kafka_url(tmp_path):
     env = {"KAFKA_URL": "kafka+ssl://h1:9096,kafka+ssl://h2:9096", "KAFKA_TRUSTED_CERT": "-----BEGIN CERT-----"}
     cfg = parse_config(apply_env({"services": SVC}, env))
-    assert cfg.kafka["bootstrap_servers"] == ["h1:9096", "h2:9096"]
-    assert cfg.kafka["security_protocol"] == "SSL"
-    assert Path(cfg.kafka["ssl_cafile"]).read_text() == "-----BEGIN CERT-----"
+    assert cfg.kafka.bootstrap_servers == ("h1:9096", "h2:9096")
+    assert cfg.kafka.security_protocol == "SSL"
+    assert Path(cfg.kafka.ssl_cafile).read_text() == "-----BEGIN CERT-----"
 
 
 def test_missing_file_and_bad_toml(tmp_path):
@@ -101,7 +102,7 @@ def _run(argv: list[str], config: Path, timeout: float = 60) -> subprocess.Compl
 
 def test_cli_check_config_fails_with_the_key(tmp_path):
     bad = tmp_path / "g.toml"
-    bad.write_text('[services.orders]\ntopic = "o"\ntimeout = 5\n')
+    bad.write_text(tomli_w.dumps({"services": {"orders": {"topic": "o", "timeout": 5}}}))
     res = _run([sys.executable, "-m", "gateway.cli", "check-config"], bad)
     assert res.returncode == 2
     assert "services.orders.timeout" in res.stderr and "unknown key" in res.stderr
@@ -109,7 +110,7 @@ def test_cli_check_config_fails_with_the_key(tmp_path):
 
 def test_gunicorn_refuses_to_start_on_bad_config(tmp_path):
     bad = tmp_path / "g.toml"
-    bad.write_text('[services.orders]\ntopic = "o"\n[reply]\npartitions = 0\n')
+    bad.write_text(tomli_w.dumps({"services": {"orders": {"topic": "o"}}, "reply": {"partitions": 0}}))
     res = _run([sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "--bind", "127.0.0.1:0",
                 "gateway.wsgi:app"], bad)
     assert res.returncode == 2, (res.returncode, res.stderr[-2000:])  # the README promises exit code 2

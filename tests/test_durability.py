@@ -1,7 +1,7 @@
 """Issue 7, section 6: durability defaults, and serving again after the broker came back EMPTY with the
 idempotent producer on (the default) and off.
 
-The embedded broker never lets an idempotent producer recover after a restart (TANSU.md): the gateway re-creates
+The embedded broker never lets an idempotent producer recover after a restart (docs/broker.md): the gateway re-creates
 its producer when it recovers, the SDK on the first fatal producer-id error (its reply is then resent, never its
 handler run again). One broker restart checks four clients: a gateway and an SDK service with each setting.
 """

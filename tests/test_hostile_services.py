@@ -33,7 +33,7 @@ NDJSON = {"Accept": "application/x-ndjson"}
 class NotUtf8(str):
     """A header key kafka-python writes as bytes that are not UTF-8 (as any other client could)."""
 
-    def encode(self, *args: Any, **kwargs: Any) -> bytes:  # noqa: ARG002
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
         return b"\xff\xfe-not-utf8"
 
 
@@ -166,7 +166,7 @@ def test_unparsable_record_on_every_reply_partition_is_skipped(gateway: Any, bro
                                                                session_config: Path) -> None:
     """One unparsable record on each reply partition, and on partition 0 one in the middle of a multi-record batch
     (the rest of that batch is unreadable with kafka-python and skipped with it): every later request answered."""
-    reply_topic = load_config(session_config, env={}).reply["topic"]
+    reply_topic = load_config(session_config, env={}).reply.topic
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=100)
     partitions = sorted(producer.partitions_for(reply_topic))
     before = _invalid(gateway)

@@ -4,6 +4,7 @@ session's slow-consumer close and its supervised greenlets, and the request path
 encoding or producing fails. ``tests/test_hostile.py`` drives the same through a real gateway."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from types import SimpleNamespace
@@ -17,15 +18,16 @@ from gevent.queue import Queue
 from prometheus_client import REGISTRY
 
 from gateway import jsonutil
-from gateway.asyncreq import ResultStore
 from gateway.config import parse_config
+from gateway.core.calls import Call, ServiceRequest
+from gateway.core.pending import Callback
+from gateway.core.runtime import Gateway
 from gateway.errors import BadRequest, BrokerUnavailable
-from gateway.http.guard import WriteDeadline, check_header, check_text, utf8_path, utf8_query
-from gateway.pending import Callback
 from gateway.protocol import Reply
-from gateway.runtime import Gateway
-from gateway.states import parse_event
-from gateway.streams import OutputBuffer, ReplyStream, SlowConsumer, Totals, item_json, problem_of
+from gateway.variants.async_results import ResultStore
+from gateway.variants.states import parse_event
+from gateway.variants.streams import OutputBuffer, ReplyStream, SlowConsumer, Totals, item_json, problem_of
+from gateway.web.guard import WriteDeadline, check_header, check_text, utf8_path, utf8_query
 
 CID = bytes(range(24))
 CONFIG = {"kafka": {"bootstrap_servers": ["127.0.0.1:1"]},
@@ -165,12 +167,13 @@ def test_a_request_that_cannot_be_encoded_or_produced_leaves_no_waiter():
 
     gw = _started_gateway(Refuses())
     svc = gw.config.services["svc"]
-    request = dict(method="GET", path="/svc", query="", content_type=None, body=b"", key=None)
+    request = ServiceRequest(method="GET", path="/svc", query="", content_type=None, body=b"", key=None,
+                             http_headers=[])
     with pytest.raises(UnicodeEncodeError):
-        gw.send_request(svc, _callback, http_headers=[("x-request-id", "€")], **request)
+        gw.open_call(svc, _callback, dataclasses.replace(request, http_headers=[("x-request-id", "€")]))
     assert len(gw.pending) == 0
     with pytest.raises(gevent.Timeout):
-        gw.send_request(svc, _callback, http_headers=[], **request)
+        gw.open_call(svc, _callback, request)
     assert len(gw.pending) == 0
 
     class Broken:
@@ -179,7 +182,7 @@ def test_a_request_that_cannot_be_encoded_or_produced_leaves_no_waiter():
 
     gw.producer = Broken()
     with pytest.raises(BrokerUnavailable):
-        gw.send_request(svc, _callback, http_headers=[], **request)
+        gw.open_call(svc, _callback, request)
     assert len(gw.pending) == 0
 
 
@@ -232,7 +235,7 @@ class FakeWebsocket:
 
 
 def _session_with_requests(n: int) -> tuple[Any, FakeWebsocket, list[bytes]]:
-    from gateway.http.ws import Session, _InFlight
+    from gateway.web.ws_session import Session, _InFlight
 
     gw = _started_gateway(None)
     svc = gw.config.services["svc"]
@@ -243,8 +246,10 @@ def _session_with_requests(n: int) -> tuple[Any, FakeWebsocket, list[bytes]]:
         cid = bytes([i]) * 24
         entry = _InFlight(i, cid, svc, time.monotonic() + 30, time.monotonic() + 30)
         session.inflight[i] = entry
-        gw.pending.register(Callback(cid, 0, time.monotonic() + 30, lambda r, e=entry: session._on_reply(e, r),
-                                     lambda exc, e=entry: session._on_error(e, exc)))
+        waiter = Callback(cid, 0, time.monotonic() + 30, lambda r, e=entry: session._on_reply(e, r),
+                          lambda exc, e=entry: session._on_error(e, exc))
+        gw.pending.register(waiter)
+        entry.call = Call(gw, svc, waiter)           # what open_call returns once the record is produced
         cids.append(cid)
     return session, ws, cids
 
@@ -269,7 +274,7 @@ def test_a_websocket_client_that_falls_behind_gets_its_frames_then_close_1008_an
 
 @pytest.mark.parametrize("which", ["writer", "sweeper"])
 def test_a_crashed_writer_or_sweeper_ends_the_session_and_releases_its_requests(which, monkeypatch):
-    from gateway.http.ws import Session
+    from gateway.web.ws_session import Session
 
     crashes = REGISTRY.get_sample_value("gateway_greenlet_crashes_total", {"name": f"websocket-{which}"}) or 0
     session, ws, cids = _session_with_requests(2)

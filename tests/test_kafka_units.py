@@ -9,11 +9,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.config import parse_config
+from gateway.core.pending import Callback, OneShot, Outcome, PendingTable
 from gateway.errors import BadGateway, ConfigError
 from gateway.kafka import is_fatal_producer_error, producer_settings
 from gateway.kafka.admin import ZERO_ID, durability, topic_id
 from gateway.kafka.unreadable import batch_end
-from gateway.pending import Callback, OneShot, Outcome, PendingTable
 from gateway.protocol import decode_reply
 from gateway.responder.runner import split_settings
 
@@ -53,13 +53,13 @@ def test_one_set_of_client_settings_reaches_consumer_producer_and_admin():
 
 def test_durability_defaults_and_config_checks():
     cfg = parse_config(SERVICES)
-    assert (cfg.kafka["acks"], cfg.kafka["enable_idempotence"]) == ("all", True)
+    assert (cfg.kafka.acks, cfg.kafka.enable_idempotence) == ("all", True)
     assert [durability(cfg, n) for n in (1, 2, 3, 5)] == [(1, 1), (2, 1), (3, 2), (3, 2)]
     pinned = parse_config({**SERVICES, "kafka": {"replication_factor": 5, "min_insync_replicas": 3}})
     assert durability(pinned, 1) == (5, 3)          # configured values win (the broker refuses if it cannot)
     with pytest.raises(ConfigError, match="enable_idempotence needs acks"):
         parse_config({**SERVICES, "kafka": {"acks": 1}})
-    assert parse_config({**SERVICES, "kafka": {"acks": 1, "enable_idempotence": False}}).kafka["acks"] == 1
+    assert parse_config({**SERVICES, "kafka": {"acks": 1, "enable_idempotence": False}}).kafka.acks == 1
     with pytest.raises(ConfigError, match="cannot exceed replication_factor"):
         parse_config({**SERVICES, "kafka": {"replication_factor": 1, "min_insync_replicas": 2}})
 
@@ -106,7 +106,7 @@ def test_a_failing_reply_callback_fails_its_request_only_and_the_gauge_follows()
 
 def test_readiness_is_false_while_a_supervised_loop_is_down():
     from gateway import supervise
-    from gateway.runtime import Gateway
+    from gateway.core.runtime import Gateway
 
     gw = Gateway(parse_config(SERVICES))
     gw.started = True

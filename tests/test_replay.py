@@ -40,7 +40,7 @@ class Replay:
         self.executions: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
         # fetch_max_wait_ms: it idles through most of the suite; at 10 ms an idle consumer costs ~10% of a core
-        # on the embedded broker (TANSU.md)
+        # on the embedded broker (docs/broker.md)
         self.svc = Responder("replay", topic=TOPIC, bootstrap_servers=bootstrap, session_timeout_ms=3000,
                              fetch_max_wait_ms=100, topic_check_interval_s=5)
         self.sent: list[str] = []            # every request token, whichever way it was sent

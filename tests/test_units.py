@@ -8,8 +8,8 @@ import time
 import pytest
 
 from gateway import protocol as P
+from gateway.core.pending import OneShot, Outcome, PendingTable
 from gateway.errors import TooManyInFlight
-from gateway.pending import OneShot, Outcome, PendingTable
 from gateway.responder import HTTPError, Responder
 
 
@@ -184,7 +184,8 @@ def test_responder_streams_with_sequence_and_end_marker():
 def test_record_key_from_path_header_or_json_field():
     from types import SimpleNamespace
 
-    from gateway.http.common import forwarded_headers, path_segment, record_key
+    from gateway.config import KeySpec
+    from gateway.web.requests import forwarded_headers, path_segment, record_key
 
     headers = {"x-tenant": "t-1", "traceparent": "00-abc-def-01", "authorization": "secret"}
 
@@ -192,7 +193,8 @@ def test_record_key_from_path_header_or_json_field():
         return headers.get(name.lower())
 
     def svc(key):  # noqa: ANN001, ANN202
-        return SimpleNamespace(key=key)
+        spec = None if key is None else KeySpec(**{"segment": None, "field": None, "header": None, **key})
+        return SimpleNamespace(key=spec)
 
     assert path_segment("/orders/o-1/", 1) == "o-1" and path_segment("/orders", 1) is None
     assert record_key(svc(None), "/orders/o-1", lookup, {}) is None
@@ -202,7 +204,8 @@ def test_record_key_from_path_header_or_json_field():
     assert record_key(svc({"source": "json", "field": "customer_id"}), "/o", lookup, {"customer_id": "c-9"}) == b"c-9"
     assert record_key(svc({"source": "json", "field": "n"}), "/o", lookup, {"n": 7}) == b"7"
     assert record_key(svc({"source": "json", "field": "n"}), "/o", lookup, [1]) is None
-    gw = SimpleNamespace(config=SimpleNamespace(http={"forward_request_headers": ["x-tenant", "x-request-id"]}))
+    http = SimpleNamespace(forward_request_headers=("x-tenant", "x-request-id"))
+    gw = SimpleNamespace(config=SimpleNamespace(http=http))
     assert forwarded_headers(gw, lookup) == [("x-tenant", "t-1"), ("traceparent", "00-abc-def-01")]  # no secrets
 
 
@@ -252,8 +255,8 @@ def test_supervised_loop_without_restart_calls_on_crash_once() -> None:
 def test_websocket_frame_reads_a_reply_without_content_type_as_the_service_default() -> None:
     """The frame says content_type=<the service's reply_content_type>; its body must be read the same way (it was
     base64 under "application/json")."""
-    from gateway.http.ws import _frame_body
     from gateway.protocol import Reply
+    from gateway.web.ws_frames import frame_body as _frame_body
 
     reply = Reply(b"c" * 24, 200, b'{"a": [1, 2]}', None)
     assert _frame_body(reply, "application/json") == {"body": {"a": [1, 2]}}

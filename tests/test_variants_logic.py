@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import gevent
 import pytest
 
-from gateway.asyncreq import ResultStore, now_ms
 from gateway.config import parse_config
 from gateway.errors import BadRequest, ConfigError
-from gateway.http.common import parse_prefer, wait_seconds
 from gateway.protocol import Reply
-from gateway.states import EntityTable, parse_event
-from gateway.streams import NDJSONFormat, Reorderer, SSEFormat, StreamBroken, item_json, wanted_format
+from gateway.variants.async_results import ResultStore, now_ms
+from gateway.variants.states import EntityTable, parse_event
+from gateway.variants.streams import NDJSONFormat, Reorderer, SSEFormat, StreamBroken, item_json, wanted_format
+from gateway.web.requests import parse_prefer, wait_seconds
 
 CID = bytes(range(24))
 
@@ -133,8 +133,8 @@ def test_config_variant_defaults_and_checks():
                                                         "answer_on": {"topic": "orders.events",
                                                                       "states": ["VALIDATED"]}}}})
     on = cfg.services["orders"].answer_on
-    assert on["timeout_ms"] == 700 and on["methods"] == ("POST",) and on["id_source"] == "reply"
-    assert cfg.services["orders"].async_timeout_ms == 700 and cfg.async_["results_topic"] == "gateway.results"
+    assert on.timeout_ms == 700 and on.methods == ("POST",) and on.id_source == "reply"
+    assert cfg.services["orders"].async_timeout_ms == 700 and cfg.async_requests.results_topic == "gateway.results"
     bad = [
         ({"async": {"results_topic": "orders.requests"}}, "async.results_topic"),
         ({"services": {"orders": {"topic": "orders.requests", "methods": ["GET"],

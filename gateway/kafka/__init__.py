@@ -1,4 +1,4 @@
-"""The Kafka side of a worker. Import only after gevent has patched (see gateway.runtime)."""
+"""The Kafka side of a worker. Import only after gevent has patched (see gateway.core.runtime)."""
 from __future__ import annotations
 
 import logging

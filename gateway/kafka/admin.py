@@ -28,7 +28,7 @@ ZERO_ID = "00000000-0000-0000-0000-000000000000"   # what brokers without KIP-51
 
 
 def wanted_topics(config: Config, include_services: bool = True) -> dict[str, int]:
-    topics = {config.reply["topic"]: config.reply["partitions"]}
+    topics = {config.reply.topic: config.reply.partitions}
     if include_services:
         for svc in config.services.values():
             topics[svc.topic] = svc.partitions
@@ -38,15 +38,15 @@ def wanted_topics(config: Config, include_services: bool = True) -> dict[str, in
 
 def variant_topics(config: Config) -> dict[str, int]:
     """The async results topic and the answer-on events topics (docs/variants.md)."""
-    topics = {config.async_["results_topic"]: config.async_["partitions"]}
+    topics = {config.async_requests.results_topic: config.async_requests.partitions}
     for svc in config.services.values():
         if svc.answer_on is not None:
-            topics.setdefault(svc.answer_on["topic"], svc.answer_on["partitions"])
+            topics.setdefault(svc.answer_on.topic, svc.answer_on.partitions)
     return topics
 
 
 def variant_topic_configs(config: Config) -> dict[str, dict[str, str]]:
-    return {config.async_["results_topic"]: {"retention.ms": str(config.async_["retention_ms"])}}
+    return {config.async_requests.results_topic: {"retention.ms": str(config.async_requests.retention_ms)}}
 
 
 def topic_id(desc: dict[str, Any]) -> str | None:
@@ -59,8 +59,8 @@ def durability(config: Config, brokers: int) -> tuple[int, int]:
     """(replication factor, min.insync.replicas) for topics the gateway creates: the configured values, else
     min(3, brokers) and 2 when that is at least 3, else 1 (see ``kafka.replication_factor``)."""
     k = config.kafka
-    rf = k["replication_factor"] or min(3, max(1, brokers))
-    isr = k["min_insync_replicas"] or (2 if rf >= 3 else 1)
+    rf = k.replication_factor or min(3, max(1, brokers))
+    isr = k.min_insync_replicas or (2 if rf >= 3 else 1)
     return rf, min(isr, rf)
 
 

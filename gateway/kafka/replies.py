@@ -26,17 +26,18 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
 from .. import metrics
+from ..core.pending import Outcome
 from ..errors import BadGateway
-from ..pending import Outcome
 from ..protocol import ProtocolError, decode_reply
 from ..supervise import Supervised
 from . import stop_loop
+from .internals import request_rejoin
 from .unreadable import SkipUnreadable, Unidentified
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..pending import PendingTable
-    from ..routing import ReplyRouter
+    from ..core.pending import PendingTable
+    from ..core.routing import ReplyRouter
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class GroupMembership(ConsumerRebalanceListener):
 
     def __init__(self, config: Config, on_assigned: Callable[[set[int]], None]) -> None:
         self.config = config
-        self.topic = config.reply["topic"]
+        self.topic = config.reply.topic
         self._on_assigned = on_assigned
         self._consumer: KafkaConsumer | None = None
         self._greenlet: Supervised | None = None
@@ -79,12 +80,12 @@ class GroupMembership(ConsumerRebalanceListener):
     def _new_consumer(self) -> KafkaConsumer:
         k = self.config.kafka
         consumer = KafkaConsumer(
-            **self.config.kafka_client_kwargs(), group_id=self.config.reply["group_id"],
-            enable_auto_commit=False, session_timeout_ms=k["session_timeout_ms"],
-            heartbeat_interval_ms=k["heartbeat_interval_ms"],
+            **self.config.kafka_client_kwargs(), group_id=self.config.reply.group_id,
+            enable_auto_commit=False, session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=k.heartbeat_interval_ms,
             # = the rebalance timeout: how long a rebalance waits for members that vanished mid-way (a long one
             # stalls new workers' first assignment). This member polls every session_timeout_ms, well within it.
-            max_poll_interval_ms=2 * k["session_timeout_ms"],
+            max_poll_interval_ms=2 * k.session_timeout_ms,
             partition_assignment_strategy=[StickyPartitionAssignor],
             allow_auto_create_topics=False)  # a broker's default partition count would break key minting
         consumer.subscribe([self.topic], listener=self)
@@ -117,16 +118,16 @@ class GroupMembership(ConsumerRebalanceListener):
     def _run(self) -> None:
         k = self.config.kafka
         # A join may take the whole rebalance timeout (2x session: the broker waits for slow members), so only
-        # longer is "stuck" (kafka-python can stay "rebalancing" for good, TANSU.md): then ask for a rejoin, and
+        # longer is "stuck" (kafka-python can stay "rebalancing" for good, docs/broker.md): then ask for a rejoin, and
         # again with a growing interval. No re-created member: closing one sends LeaveGroup, which during a
         # rebalance kept the embedded broker's group from ever converging (see the class docstring).
-        nudge_after = first_nudge_after = 3 * k["session_timeout_ms"] / 1000
+        nudge_after = first_nudge_after = 3 * k.session_timeout_ms / 1000
         self._since_unassigned = time.monotonic()  # count from the first poll, not from construction
         while not self._stopping:
             consumer = self._consumer
             assert consumer is not None
             try:
-                consumer.poll(timeout_ms=k["heartbeat_interval_ms"])
+                consumer.poll(timeout_ms=k.heartbeat_interval_ms)
             except Exception as exc:  # noqa: BLE001 - keep the member alive; the client reconnects by itself
                 log.warning("reply-group poll failed (%s: %s); retrying", type(exc).__name__, exc)
                 gevent.sleep(0.5)
@@ -137,8 +138,7 @@ class GroupMembership(ConsumerRebalanceListener):
                 nudge_after = first_nudge_after
             elif unassigned_s > nudge_after and not self._joined_empty:
                 log.warning("no reply-partition assignment for %.1fs; requesting a rejoin", unassigned_s)
-                # private: kafka-python has no public "rejoin"; tests/test_lab.py fails if it goes away
-                consumer._coordinator.request_rejoin()  # noqa: SLF001
+                request_rejoin(consumer)
                 nudge_after = min(2 * nudge_after, 600.0) + unassigned_s
 
     def stop(self, timeout_ms: int = 3000) -> None:
@@ -149,9 +149,9 @@ class GroupMembership(ConsumerRebalanceListener):
         if self._greenlet is not None:
             # parked in a poll: end it now (a join in flight goes on on kafka-python's IO thread)
             self._greenlet.stop(timeout_s=0)
-        if not self.config.reply["leave_group_on_stop"]:
+        if not self.config.reply.leave_group_on_stop:
             log.info("not leaving the reply group (reply.leave_group_on_stop = false): the broker expires this "
-                     "member after %d ms", self.config.kafka["session_timeout_ms"])
+                     "member after %d ms", self.config.kafka.session_timeout_ms)
             return
         stop_loop(self._greenlet, self._consumer, timeout_ms, "reply-group consumer")
 
@@ -162,7 +162,7 @@ class ReplyReader:
     def __init__(self, config: Config, pending: PendingTable, router: ReplyRouter,
                  topic_id: str | None = None) -> None:
         self.config = config
-        self.topic = config.reply["topic"]
+        self.topic = config.reply.topic
         self.pending = pending
         self.router = router
         self.topic_id = topic_id                 # the reply topic's incarnation the positions belong to
@@ -231,7 +231,7 @@ class ReplyReader:
             **self.config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
             # New partitions are positioned explicitly (seek_to_end); "earliest" only applies when a position
             # falls off the log (topic recreated): then every record in it is new, and may be a reply we await.
-            fetch_max_wait_ms=self.config.kafka["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.config.kafka.fetch_max_wait_ms, fetch_min_bytes=1, auto_offset_reset="earliest",
             max_poll_records=2000, allow_auto_create_topics=False)
 
     def _replace_consumer(self) -> None:
@@ -324,7 +324,7 @@ class ReplyReader:
                 if not self.reading:
                     gevent.sleep(0.05)
                     continue
-                batches = self._unreadable.poll(self._consumer, self.config.reply["poll_interval_ms"])
+                batches = self._unreadable.poll(self._consumer, self.config.reply.poll_interval_ms)
             except Unidentified as exc:
                 log.error("%s; replacing the reply consumer", exc)
                 self._replace_consumer()
@@ -348,7 +348,7 @@ class ReplyReader:
         protocol but names its request answers that request with a 502 at once; one that names none is counted."""
         try:
             reply = decode_reply(record.value, record.headers or [], record.partition, record.offset,
-                                 forward=self.config.http["forward_response_headers"])
+                                 forward=self.config.http.forward_response_headers)
         except ProtocolError as exc:
             log.warning("unusable reply at %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
             outcome = Outcome.INVALID

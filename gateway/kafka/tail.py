@@ -50,7 +50,7 @@ class TopicTail:
         self.since_ms = since_ms            # when set: start at the first record at or after since_ms()
         # a tail is not on the request-reply latency path: a longer fetch wait saves idle CPU (each idle fetch
         # round trip costs the worker; at 10 ms one tail took ~15% of a core here, at 250 ms ~2%)
-        self.fetch_max_wait_ms = fetch_max_wait_ms or config.kafka["fetch_max_wait_ms"]
+        self.fetch_max_wait_ms = fetch_max_wait_ms or config.kafka.fetch_max_wait_ms
         self.positioned = Event()
         self.caught_up = Event()
         self.records = 0
@@ -102,7 +102,7 @@ class TopicTail:
 
     def _describe_id(self) -> str | None:
         return describe_ids(self.config.kafka_client_kwargs(), [self.topic],
-                            timeout_ms=self.config.kafka["request_timeout_ms"]).get(self.topic)
+                            timeout_ms=self.config.kafka.request_timeout_ms).get(self.topic)
 
     @property
     def ready(self) -> bool:

@@ -23,25 +23,16 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from gevent.event import Event
 
-from . import metrics
-from .errors import BadGateway, BrokerUnavailable
-from .protocol import (
-    H_ASYNC,
-    H_DEADLINE_MS,
-    H_SERVICE,
-    ProtocolError,
-    Reply,
-    ReplyTo,
-    decode_reply,
-    new_correlation_id,
-    request_headers,
-)
-from .routing import partition_for_key
+from ..core.calls import AsyncTicket, send_async
+from ..core.routing import partition_for_key
+from ..errors import BadGateway, NotReady
+from ..protocol import H_ASYNC, H_DEADLINE_MS, H_SERVICE, ProtocolError, Reply, decode_reply
 from .streams import NDJSON, Reorderer, StreamBroken, item_json, problem_of
 
 if TYPE_CHECKING:
-    from .config import ServiceConfig
-    from .runtime import Gateway
+    from ..config import ServiceConfig
+    from ..core.calls import ServiceRequest
+    from ..core.runtime import Gateway
 
 log = logging.getLogger(__name__)
 REQUEST_ID_HEX = 48    # 24 bytes: the correlation id
@@ -66,8 +57,8 @@ class AsyncResult:
     reply: Reply | None = None
     done: Event = field(default_factory=Event)
     size: int = 0                          # bytes this entry holds (its body, or the stream items gathered so far)
-    _stream: Reorderer | None = None
-    _items: list[Reply] = field(default_factory=list)
+    reorder: Reorderer | None = None        # a streamed reply being gathered (the store's)
+    gathered: list[Reply] = field(default_factory=list)
 
     def expired(self, at_ms: int) -> bool:
         """Past the deadline without a reply."""
@@ -120,7 +111,7 @@ class ResultStore:
 
     def _too_large(self, entry: AsyncResult, reply: Reply, what: str) -> AsyncResult:
         log.warning("async result %s dropped: %s", entry.request_id, what)
-        entry._items, entry._stream = [], None
+        entry.gathered, entry.reorder = [], None
         error = ResultTooLarge(f"the result is too large to keep: {what}")
         entry.reply = _problem_reply(reply.correlation_id, error.status, error.to_problem())
         entry.done.set()
@@ -147,24 +138,24 @@ class ResultStore:
             entry.done.set()
             self._resize(entry, len(reply.body))
             return entry
-        if entry._stream is None:
-            entry._stream = Reorderer(self.max_stream_records, limit)
+        if entry.reorder is None:
+            entry.reorder = Reorderer(self.max_stream_records, limit)
         try:
-            released = entry._stream.push(reply)
+            released = entry.reorder.push(reply)
         except StreamBroken as exc:
-            entry._items, entry._stream = [], None
+            entry.gathered, entry.reorder = [], None
             entry.reply = _problem_reply(reply.correlation_id, exc.status, exc.to_problem())
             entry.done.set()
             self._resize(entry, len(entry.reply.body))
             return entry
-        entry._items.extend(released)
+        entry.gathered.extend(released)
         size = entry.size + sum(len(r.body) for r in released)
-        if len(entry._items) > self.max_stream_records or size > limit:
+        if len(entry.gathered) > self.max_stream_records or size > limit:
             return self._too_large(entry, reply, f"the stream passed async.max_stream_records "
                                                  f"({self.max_stream_records}) or async.max_result_bytes ({limit})")
-        if entry._stream.done:
+        if entry.reorder.done:
             lines = []
-            for item in entry._items:
+            for item in entry.gathered:
                 if item.stream == "more":
                     lines.append(item_json(item))
                 elif item.stream == "error":
@@ -174,7 +165,7 @@ class ResultStore:
                 return self._too_large(entry, reply, f"{len(body)} bytes of NDJSON > async.max_result_bytes "
                                                      f"({limit})")
             entry.reply = Reply(reply.correlation_id, 200, body, NDJSON)
-            entry._items, entry._stream = [], None
+            entry.gathered, entry.reorder = [], None
             entry.done.set()
             size = len(body)
         self._resize(entry, size)
@@ -220,23 +211,23 @@ class AsyncRequests:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        cfg = gw.config.async_
-        self.topic = cfg["results_topic"]
-        self.num_partitions = cfg["partitions"]
-        self.store = ResultStore(cfg["retention_ms"], cfg["max_results"], cfg["max_store_bytes"],
-                                 cfg["max_result_bytes"], cfg["max_stream_records"])
+        cfg = gw.config.async_requests
+        self.topic = cfg.results_topic
+        self.num_partitions = cfg.partitions
+        self.store = ResultStore(cfg.retention_ms, cfg.max_results, cfg.max_store_bytes,
+                                 cfg.max_result_bytes, cfg.max_stream_records)
         self.tail: Any = None
 
-    # -- lifecycle (see gateway.variants) ----------------------------------------------------------------------
+    # -- lifecycle (see gateway.variants.runtime) ----------------------------------------------------------------------
     def start(self, actual_partitions: int | None) -> None:
-        from .kafka.tail import TopicTail
+        from ..kafka.tail import TopicTail
 
         if actual_partitions:
             self.num_partitions = actual_partitions
         retention = self.store.retention_ms
         self.tail = TopicTail(self.gw.config, self.topic, self.on_record, start="beginning",
                               since_ms=lambda: now_ms() - retention,
-                              fetch_max_wait_ms=self.gw.config.async_["fetch_max_wait_ms"])
+                              fetch_max_wait_ms=self.gw.config.async_requests.fetch_max_wait_ms)
         self.tail.start()
 
     @property
@@ -261,7 +252,7 @@ class AsyncRequests:
             return
         try:
             reply = decode_reply(record.value, headers, record.partition, record.offset,
-                                 forward=self.gw.config.http["forward_response_headers"])
+                                 forward=self.gw.config.http.forward_response_headers)
         except ProtocolError as exc:
             log.warning("dropping result at %s/%d@%d: %s", record.topic, record.partition, record.offset, exc)
             return
@@ -274,29 +265,49 @@ class AsyncRequests:
         return self.tail.read_barrier(partition_for_key(rid.encode(), self.num_partitions), timeout_s)
 
     # -- request path ------------------------------------------------------------------------------------------
-    def accept(self, svc: ServiceConfig, *, method: str, path: str, query: str, content_type: str | None,
-               http_headers: Iterable[tuple[str, str]], body: bytes, key: bytes | None) -> AsyncResult:
+    def accept(self, svc: ServiceConfig, request: ServiceRequest) -> AsyncResult:
         """Marker first (acked), then the request: once this returns, every worker will know the id."""
-        gw = self.gw
-        gw.check_ready()
         if self.tail is None:
-            from .errors import NotReady
+            self.gw.check_ready()
             raise NotReady("this worker's async results reader is not started yet")
-        correlation_id = new_correlation_id(gw.worker_tag)
-        rid = correlation_id.hex()
-        rkey = rid.encode()
-        partition = partition_for_key(rkey, self.num_partitions)
-        accepted = now_ms()
-        deadline = accepted + svc.async_timeout_ms
-        timeout_s = gw.config.kafka["request_timeout_ms"] / 1000
-        marker = [(H_ASYNC, b"accepted"), (H_DEADLINE_MS, str(deadline).encode()), (H_SERVICE, svc.name.encode())]
-        headers = request_headers(correlation_id, ReplyTo(self.topic, partition, rkey), deadline, method, path,
-                                  query, content_type, http_headers)
-        try:
-            gw.producer.send(self.topic, key=rkey, value=b"", headers=marker, partition=partition).get(timeout_s)
-            entry = self.store.accepted(rid, accepted, deadline, svc.name)
-            gw.producer.send(svc.topic, value=body, key=key, headers=headers).get(timeout_s)
-        except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError, KafkaError, closed producer
-            metrics.PRODUCE_ERRORS.labels(svc.name).inc()
-            raise BrokerUnavailable(f"could not hand the async request to Kafka: {type(exc).__name__}") from None
-        return entry
+        accepted: list[AsyncResult] = []
+
+        def on_marker(ticket: AsyncTicket) -> None:
+            accepted.append(self.store.accepted(ticket.request_id, ticket.accepted_ms, ticket.deadline_ms, svc.name))
+
+        send_async(self.gw, svc, request, self.topic, self.num_partitions, on_marker)
+        return accepted[0]
+
+    def lookup(self, rid: str, bound_s: float) -> tuple[AsyncResult | None, bool]:
+        """The entry for *rid*, reading the results partition to its end (within *bound_s*) when this worker has
+        not seen it yet (another worker may have accepted it a moment ago); and whether that read completed."""
+        started = time.monotonic()
+        entry = self.store.get(rid)
+        if entry is None and self.read_barrier(rid, bound_s):
+            return self.store.get(rid), True     # read to the end: the marker is there, or never was
+        if entry is None:
+            entry = self.store.wait_known(rid, max(0.0, bound_s - (time.monotonic() - started)))
+        return entry, False
+
+    def settle(self, entry: AsyncResult, wait_s: float | None, barrier_s: float = 0.0,
+               caught_up: bool = False) -> bool:
+        """Wait up to *wait_s* for *entry*'s result; True when it is final (a result, or past its deadline).
+
+        With *barrier_s*, first read the results partition up to its current end (within the wait, not on top of
+        it; skipped when the caller just did, *caught_up*): another worker may already have answered 200 from a
+        record this worker has not read yet. Past the deadline is final (a 504), so it is only said right after
+        such a read.
+        """
+        if not entry.done.is_set() and barrier_s and not caught_up:
+            started = time.monotonic()
+            caught_up = self.read_barrier(entry.request_id, barrier_s)
+            if wait_s:
+                wait_s = max(0.0, wait_s - (time.monotonic() - started))
+        if not entry.done.is_set() and wait_s:
+            if entry.deadline_ms is not None:
+                wait_s = min(wait_s, (entry.deadline_ms - now_ms()) / 1000 + 0.05)
+            entry.done.wait(max(0.0, wait_s))
+            caught_up = False            # time has passed since the read
+        if not entry.done.is_set() and entry.expired(now_ms()) and barrier_s and not caught_up:
+            self.read_barrier(entry.request_id, barrier_s)
+        return entry.done.is_set() or entry.expired(now_ms())

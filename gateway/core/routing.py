@@ -11,33 +11,15 @@ from __future__ import annotations
 import itertools
 from typing import Iterable
 
-_M = 0x5BD1E995
-_SEED = 0x9747B28C
-_MASK = 0xFFFFFFFF
-
 
 def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``) as a signed 32-bit int."""
-    length = len(data)
-    h = (_SEED ^ length) & _MASK
-    n4 = length & ~3
-    for i in range(0, n4, 4):
-        k = int.from_bytes(data[i:i + 4], "little")
-        k = (k * _M) & _MASK
-        k ^= k >> 24
-        k = (k * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
-    rest = length & 3
-    if rest == 3:
-        h ^= data[n4 + 2] << 16
-    if rest >= 2:
-        h ^= data[n4 + 1] << 8
-    if rest >= 1:
-        h ^= data[n4]
-        h = (h * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    h ^= h >> 15
+    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``) as Java's signed 32-bit int.
+
+    kafka-python's implementation, imported on first use rather than at module import: kafka must only be imported
+    after gevent patched, and this module is imported with the app (in gunicorn's master too)."""
+    from kafka.partitioner.default import murmur2 as kafka_murmur2
+
+    h = kafka_murmur2(data)     # the unsigned form
     return h - (1 << 32) if h & 0x80000000 else h
 
 

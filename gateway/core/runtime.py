@@ -9,20 +9,21 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable
 
-from . import metrics, supervise
-from .errors import BrokerUnavailable, GatewayError, NotReady, ReplyTimeout
-from .pending import OneShot, PendingTable, Waiter
-from .protocol import ReplyTo, new_correlation_id, new_worker_tag, request_headers
+from .. import metrics, supervise
+from ..errors import BrokerUnavailable, NotReady
+from ..protocol import new_worker_tag
+from . import calls
+from .pending import PendingTable, Waiter
 from .routing import ReplyRouter
 
 if TYPE_CHECKING:
-    from .config import Config, ServiceConfig
-    from .protocol import Reply
+    from ..config import Config, ServiceConfig
+    from ..protocol import Reply
+    from .calls import Call, ServiceRequest
 
 log = logging.getLogger(__name__)
-W = TypeVar("W", bound=Waiter)
 
 
 class _NotStarted:
@@ -40,8 +41,8 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.worker_tag = new_worker_tag()
-        self.pending = PendingTable(self.worker_tag, config.limits["max_in_flight"])
-        self.router = ReplyRouter(config.reply["partitions"])
+        self.pending = PendingTable(self.worker_tag, config.limits.max_in_flight)
+        self.router = ReplyRouter(config.reply.partitions)
         self.producer: Any = _NotStarted()
         self.reader: Any = _NotStarted()
         self.membership: Any = _NotStarted()
@@ -54,7 +55,7 @@ class Gateway:
         self._next_topic_check = 0.0
         self._producer_replaced_at = 0.0
         # requests whose record the broker has not acknowledged yet: failed at once (503) if the broker goes away
-        self._unacked: dict[bytes, Waiter] = {}
+        self.unacked: dict[bytes, Waiter] = {}
         # called after a broker outage, once topics are re-created (the variants' tails re-position there)
         self.recovery_hooks: list[Callable[[], None]] = []
 
@@ -65,21 +66,21 @@ class Gateway:
         if self.started:
             return self.ready
         self.started = True
-        from .kafka.admin import ensure_topics
-        from .kafka.replies import GroupMembership, ReplyReader
+        from ..kafka.admin import ensure_topics
+        from ..kafka.replies import GroupMembership, ReplyReader
 
-        reply_topic = self.config.reply["topic"]
+        reply_topic = self.config.reply.topic
         t0 = time.monotonic()
         ids: dict[str, str | None] = {}
         try:
-            actual = ensure_topics(self.config, {reply_topic: self.config.reply["partitions"]}, ids=ids)[reply_topic]
+            actual = ensure_topics(self.config, {reply_topic: self.config.reply.partitions}, ids=ids)[reply_topic]
             self._topic_ids.update(ids)
         except Exception as exc:  # noqa: BLE001 - the broker may be down at start; recovery recreates it
             log.error("could not ensure reply topic %s: %s", reply_topic, exc)
-            actual = self.config.reply["partitions"]
-        if actual != self.config.reply["partitions"]:
+            actual = self.config.reply.partitions
+        if actual != self.config.reply.partitions:
             log.warning("reply topic %s has %d partitions, config says %d; minting keys for %d",
-                        reply_topic, actual, self.config.reply["partitions"], actual)
+                        reply_topic, actual, self.config.reply.partitions, actual)
         self.router = ReplyRouter(actual)
         t_topics = time.monotonic() - t0
 
@@ -88,13 +89,13 @@ class Gateway:
         # the id read before the reader positions: its positions belong to this incarnation (or a later one,
         # which the next check after an outage then rewinds once more: never a stale position kept)
         self.reader = ReplyReader(self.config, self.pending, self.router, topic_id=ids.get(reply_topic))
-        self.reader.start(borrow_ms=self.config.reply["startup_wait_ms"])
+        self.reader.start(borrow_ms=self.config.reply.startup_wait_ms)
         self.membership = GroupMembership(self.config, self.reader.set_target)
         self.membership.start()
-        self._next_topic_check = time.monotonic() + self.config.kafka["topic_check_interval_ms"] / 1000
+        self._next_topic_check = time.monotonic() + self.config.kafka.topic_check_interval_ms / 1000
         self._probe = supervise.Supervised("broker-probe", self._probe_broker).start()
         if wait_ready:  # until a partition is positioned (a borrowed one: well under a second)
-            self.reader.positioned.wait(self.config.reply["startup_wait_ms"] / 1000)
+            self.reader.positioned.wait(self.config.reply.startup_wait_ms / 1000)
         ready = self.ready
         log.info("kafka side started in %.2fs (reply topic checked %.2fs, producer %.2fs)", time.monotonic() - t0,
                  t_topics, t_producer)
@@ -104,7 +105,7 @@ class Gateway:
                      " (borrowed until the group assigns this worker its own)" if self.reader.borrowed else "")
         else:
             log.error("worker NOT ready after %d ms: no reply partition of %s (partitions=%d) is positioned. Is "
-                      "the broker up?", self.config.reply["startup_wait_ms"], reply_topic, self.router.num_partitions)
+                      "the broker up?", self.config.reply.startup_wait_ms, reply_topic, self.router.num_partitions)
         return ready
 
     def stop(self) -> None:
@@ -153,7 +154,7 @@ class Gateway:
         elif not up and self._broker_down_since is None:
             log.error("broker unreachable: failing requests fast with 503 until it is back")
             self._broker_down_since = time.monotonic()
-            unacked, self._unacked = self._unacked, {}
+            unacked, self.unacked = self.unacked, {}
             for waiter in unacked.values():
                 waiter.fail(BrokerUnavailable("the Kafka broker became unreachable before it took the request"))
         metrics.WORKERS_READY.set(1 if self.ready else 0)
@@ -164,9 +165,9 @@ class Gateway:
         (its topic id changed). The group membership rejoins by itself (with a watchdog for stuck rejoins)."""
         import gevent
 
-        if self.config.kafka["enable_idempotence"]:
+        if self.config.kafka.enable_idempotence:
             # a broker that lost its state does not know our producer id any more; the embedded broker never lets
-            # such a producer recover (TANSU.md). Requests still unacknowledged were already failed (503).
+            # such a producer recover (docs/broker.md). Requests still unacknowledged were already failed (503).
             self._replace_producer("the broker was unreachable")
         self._topics_unchecked = True
         for _ in range(10):
@@ -176,13 +177,15 @@ class Gateway:
         self._after_outage()
 
     def _after_outage(self) -> None:
+        from ..kafka.internals import request_metadata_update
+
         try:
-            self.producer._metadata.request_update()  # noqa: SLF001 - do not write into partitions that vanished
+            request_metadata_update(self.producer)      # do not write into partitions that vanished
         except Exception:  # noqa: BLE001
             log.debug("metadata refresh request failed", exc_info=True)
         # stay not-ready (fast 503s) until the reader knows where to read: a request accepted earlier would have
         # its reply written below the reader's stale position and wait, unread, until the rewind
-        wait_s = self.config.kafka["request_timeout_ms"] / 1000
+        wait_s = self.config.kafka.request_timeout_ms / 1000
         if not self.reader.rechecked.wait(wait_s):
             log.warning("reply reader did not apply the topic check within %.0fs; serving anyway", wait_s)
         for hook in self.recovery_hooks:
@@ -195,7 +198,7 @@ class Gateway:
         """Re-create missing topics and compare every topic's id with the last one seen (the reply topic's with
         the one the reader positioned in). Returns whether some topic is a new log, or None if the broker could
         not answer (the probe tries again every second)."""
-        from .kafka.admin import ensure_topics, wanted_topics
+        from ..kafka.admin import ensure_topics, wanted_topics
 
         ids: dict[str, str | None] = {}
         try:
@@ -204,7 +207,7 @@ class Gateway:
             log.warning("re-creating topics / reading topic ids failed (%s); retrying", exc)
             return None
         self._topics_unchecked = False
-        reply_topic = self.config.reply["topic"]
+        reply_topic = self.config.reply.topic
         n = actual.get(reply_topic)
         if n and n != self.router.num_partitions:
             # someone's produce re-created it first with the broker's default count: adapt, or replies would go to
@@ -225,21 +228,21 @@ class Gateway:
         if changed:
             log.error("topics were re-created without an outage this worker saw (a broker restarted between two "
                       "probes?); recovering")
-            if self.config.kafka["enable_idempotence"]:
+            if self.config.kafka.enable_idempotence:
                 self._replace_producer("topics were re-created")
             self._after_outage()
 
     def _new_producer(self) -> Any:
         from kafka import KafkaProducer
 
-        from .kafka import producer_settings
+        from ..kafka import producer_settings
 
         k = self.config.kafka
         return KafkaProducer(
-            **self.config.kafka_client_kwargs(), **producer_settings(k["acks"], k["enable_idempotence"]),
-            linger_ms=k["linger_ms"], max_block_ms=k["max_block_ms"], compression_type=k["compression_type"],
-            allow_auto_create_topics=False, delivery_timeout_ms=max(k["request_timeout_ms"] * 2, 10000),
-            max_request_size=max(1048576, self.config.limits["max_body_bytes"] + 65536))
+            **self.config.kafka_client_kwargs(), **producer_settings(k.acks, k.enable_idempotence),
+            linger_ms=k.linger_ms, max_block_ms=k.max_block_ms, compression_type=k.compression_type,
+            allow_auto_create_topics=False, delivery_timeout_ms=max(k.request_timeout_ms * 2, 10000),
+            max_request_size=max(1048576, self.config.limits.max_body_bytes + 65536))
 
     def _replace_producer(self, why: str) -> None:
         """A new producer for the requests from now on; the old one is closed in the background (what it still
@@ -257,11 +260,11 @@ class Gateway:
                 log.debug("closing the replaced producer failed", exc_info=True)
         gevent.spawn(close)
 
-    def _on_producer_error(self, producer: Any, exc: BaseException) -> None:
-        from .kafka import is_fatal_producer_error
+    def on_producer_error(self, producer: Any, exc: BaseException) -> None:
+        from ..kafka import is_fatal_producer_error
 
         # only the producer in use: records of one already replaced fail as it closes, that says nothing new
-        if (producer is self.producer and is_fatal_producer_error(exc) and self.config.kafka["enable_idempotence"]
+        if (producer is self.producer and is_fatal_producer_error(exc) and self.config.kafka.enable_idempotence
                 and time.monotonic() - self._producer_replaced_at > 1.0):
             self._replace_producer(f"{type(exc).__name__}: {exc}")
 
@@ -269,7 +272,7 @@ class Gateway:
         """Every second, can we open a TCP connection to any bootstrap server? Fast-fail needs a signal that does
         not wait for a produce to time out."""
         import gevent
-        servers = [s.rsplit(":", 1) for s in self.config.kafka["bootstrap_servers"]]
+        servers = [s.rsplit(":", 1) for s in self.config.kafka.bootstrap_servers]
         while not self.stopping:
             up = False
             for host, port in servers:
@@ -282,7 +285,7 @@ class Gateway:
             self._mark_broker(up)
             if up and self._broker_down_since is None and (self._topics_unchecked
                                                            or time.monotonic() >= self._next_topic_check):
-                self._next_topic_check = time.monotonic() + self.config.kafka["topic_check_interval_ms"] / 1000
+                self._next_topic_check = time.monotonic() + self.config.kafka.topic_check_interval_ms / 1000
                 self._check_topics_now()
             gevent.sleep(1)
 
@@ -293,67 +296,11 @@ class Gateway:
         if not self.broker_up:
             raise BrokerUnavailable("the Kafka broker is unreachable; retry shortly")
 
-    def send_request(self, svc: ServiceConfig, waiter_factory: Callable[[bytes, int, float], W], *, method: str,
-                     path: str, query: str, content_type: str | None, http_headers: Iterable[tuple[str, str]],
-                     body: bytes, key: bytes | None, timeout_ms: int | None = None) -> W:
-        """Mint ids, register a waiter, produce the request record. The caller waits on and removes the waiter."""
-        self.check_ready()
-        route = self.router.next()
-        if route is None:
-            raise NotReady("this worker owns no reply partition yet; retry")
-        partition, reply_key = route
-        timeout_ms = timeout_ms or svc.timeout_ms
-        correlation_id = new_correlation_id(self.worker_tag)
-        now = time.time()
-        deadline_ms = int(now * 1000) + timeout_ms
-        # encode before registering: input that cannot go onto a record must fail here, not leave a waiter behind
-        headers = request_headers(correlation_id, ReplyTo(self.config.reply["topic"], partition, reply_key),
-                                  deadline_ms, method, path, query, content_type, http_headers)
-        # register before producing, with no yield in between (router.next -> register): the reader
-        # cannot release this partition while the request is in flight.
-        waiter = waiter_factory(correlation_id, partition, time.monotonic() + timeout_ms / 1000)
-        self.pending.register(waiter)
-        producer = self.producer
-        try:
-            future = producer.send(svc.topic, value=body, key=key, headers=headers)
-        except BaseException as exc:  # KafkaTimeoutError (metadata / full buffer), closed producer, gevent's Timeout
-            self.pending.remove(correlation_id)
-            if not isinstance(exc, Exception):
-                raise
-            metrics.PRODUCE_ERRORS.labels(svc.name).inc()
-            self._on_producer_error(producer, exc)
-            raise BrokerUnavailable(f"could not hand the request to Kafka: {type(exc).__name__}") from None
+    def open_call(self, svc: ServiceConfig, waiter_factory: Callable[[bytes, int, float], Waiter],
+                  request: ServiceRequest, timeout_ms: int | None = None) -> Call:
+        """See :func:`gateway.core.calls.open_call`: the caller closes the call."""
+        return calls.open_call(self, svc, waiter_factory, request, timeout_ms)
 
-        def on_error(exc: BaseException) -> None:
-            self._unacked.pop(correlation_id, None)
-            metrics.PRODUCE_ERRORS.labels(svc.name).inc()
-            log.warning("request %s to %s not delivered: %s", correlation_id.hex(), svc.topic, exc)
-            waiter.fail(BrokerUnavailable(f"Kafka did not accept the request: {type(exc).__name__}"))
-            self._on_producer_error(producer, exc)
-
-        self._unacked[correlation_id] = waiter
-        future.add_callback(lambda _: self._unacked.pop(correlation_id, None))
-        future.add_errback(on_error)
-        return waiter
-
-    def call(self, svc: ServiceConfig, **request: Any) -> Reply:
+    def call(self, svc: ServiceConfig, request: ServiceRequest) -> Reply:
         """One request, one reply: raises ReplyTimeout (504) or BrokerUnavailable (503)."""
-        waiter: OneShot = self.send_request(svc, OneShot, **request)
-        metrics.IN_FLIGHT.labels(svc.name).inc()
-        try:
-            timeout = max(0.0, waiter.deadline - time.monotonic())
-            if not waiter.event.wait(timeout):
-                metrics.TIMEOUTS.labels(svc.name).inc()
-                raise ReplyTimeout(f"{svc.name} did not reply within {svc.timeout_ms} ms",
-                                   correlation_id=waiter.correlation_id.hex())
-            if waiter.error is not None:
-                raise waiter.error
-            assert waiter.reply is not None
-            return waiter.reply
-        except GatewayError as exc:
-            exc.extra.setdefault("correlation_id", waiter.correlation_id.hex())
-            raise
-        finally:
-            self.pending.remove(waiter.correlation_id)
-            self._unacked.pop(waiter.correlation_id, None)
-            metrics.IN_FLIGHT.labels(svc.name).dec()
+        return calls.call(self, svc, request)

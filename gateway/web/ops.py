@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from .. import current_gateway, metrics
+from .. import metrics
+from ..extensions import current_gateway, current_variants
 
 bp = Blueprint("ops", __name__)
 
@@ -15,8 +16,6 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    from ..variants import current_variants
-
     state = current_gateway().readiness()
     variants = current_variants().readiness()
     ready = state["ready"] and variants["variants_ready"]

@@ -12,28 +12,29 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Response, request
 
-from ..streams import wanted_format
-from .common import parse_prefer
+from ..variants.streams import wanted_format
+from .requests import parse_prefer
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
-    from ..runtime import Gateway
+    from ..core.calls import ServiceRequest
+    from ..core.runtime import Gateway
 
 
-def dispatch_variant(gw: Gateway, svc: ServiceConfig, req: dict[str, Any], parsed: Any) -> Response | None:
+def dispatch_variant(gw: Gateway, svc: ServiceConfig, req: ServiceRequest, parsed: Any) -> Response | None:
     prefs = parse_prefer(request.headers.getlist("Prefer"))
     if "respond-async" in prefs:
-        from .asyncpoll import accept
+        from .polls import accept
         return accept(gw, svc, req, prefs)
     fmt = wanted_format(list(request.accept_mimetypes))
     if fmt is not None:
-        from .stream import stream_response
+        from .streaming import stream_response
         return stream_response(gw, svc, req, fmt)
     on = svc.answer_on
     if on is not None:
-        from . import state
-        if request.method == "GET" and request.headers.get("If-None-Match") and "wait" in prefs:
+        from . import answer_on as state
+        if request.method == "GET" and request.if_none_match and "wait" in prefs:
             return state.watch(gw, svc, prefs)
-        if request.method in on["methods"]:
+        if request.method in on.methods:
             return state.answer_on_state(gw, svc, req, parsed)
     return None

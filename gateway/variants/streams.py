@@ -5,7 +5,7 @@ A service streams by answering one request with many reply records, each with ``
 a problem, ends the stream). Kafka keeps one partition in order, but a service may use several producers or
 retry, so :class:`Reorderer` releases records strictly by seq and drops duplicates.
 
-:class:`ReplyStream` is the waiter side: a :class:`gateway.pending.Callback` feeds it from the reply reader's
+:class:`ReplyStream` is the waiter side: a :class:`gateway.core.pending.Callback` feeds it from the reply reader's
 greenlet, the HTTP or websocket greenlet takes records from its queue with a timeout (the idle gap).
 """
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from gevent.queue import Empty, Queue
 
-from . import jsonutil, metrics
-from .errors import GatewayError
-from .pending import Callback
+from .. import jsonutil, metrics
+from ..core.pending import Callback
+from ..errors import GatewayError
 
 if TYPE_CHECKING:
-    from .protocol import Reply
+    from ..protocol import Reply
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
@@ -153,7 +153,7 @@ class ReplyStream:
     """A waiter that queues a request's replies in order for the HTTP greenlet that writes them, in an
     :class:`OutputBuffer`: a client that does not read fast enough is dropped (a last :class:`SlowConsumer` error,
     the waiter released, ``gateway_slow_consumers_dropped_total{kind}`` counted). Use :meth:`waiter` as
-    ``send_request``'s factory."""
+    ``open_call``'s factory."""
 
     def __init__(self, buffer: OutputBuffer, kind: str) -> None:
         self.buffer = buffer
@@ -199,20 +199,13 @@ class ReplyStream:
 
 
 # -- encodings ---------------------------------------------------------------------------------------------------
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    mt = content_type.split(";", 1)[0].strip().lower()
-    return mt == "application/json" or mt.endswith("+json")
-
-
 def item_json(reply: Reply) -> str:
     """One stream item as one line of JSON: JSON bodies as they are (compacted if they span lines), text as a
     JSON string, an empty body as null, other bytes as their UTF-8 reading (replacement characters)."""
     body = reply.body
     if not body:
         return "null"
-    if _is_json(reply.content_type):
+    if jsonutil.is_json_type(reply.content_type):
         text = body.decode("utf-8", "replace").strip()
         if "\n" not in text and "\r" not in text:
             return text

@@ -1,13 +1,13 @@
 """The per-worker side of the variants beyond request-reply (docs/variants.md): async results and entity states.
 
-``app.extensions["variants"]``. Like :class:`gateway.runtime.Gateway`, nothing touches Kafka before
+``app.extensions["variants"]``. Like :class:`gateway.core.runtime.Gateway`, nothing touches Kafka before
 :meth:`Variants.start`, which ``conf/gunicorn.conf.py`` calls in each worker after gevent patched, next to the
 gateway's start; ``post_worker_init`` returns (and the worker serves) only after :meth:`Variants.wait_ready`: its
 tails are positioned (the events tails at their end, the results tail caught up with the retention window) or
 ``reply.startup_wait_ms`` passed.
 
-Streaming and websockets need no state of their own here: they ride on ``Gateway.send_request`` with a
-:class:`gateway.pending.Callback` waiter.
+Streaming and websockets need no state of their own here: they ride on the core's request lifecycle
+(:mod:`gateway.core.calls`) with a :class:`gateway.core.pending.Callback` waiter.
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .asyncreq import AsyncRequests
+from .async_results import AsyncRequests
 from .states import StateWatcher
 
 if TYPE_CHECKING:
-    from .runtime import Gateway
+    from ..core.runtime import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +38,19 @@ class Variants:
             return self.ready
         self.started = True
         self.gw.recovery_hooks.append(self.on_broker_recovered)
-        from .kafka.admin import ensure_topics, variant_topics
+        from ..kafka.admin import ensure_topics, variant_topics
 
         config = self.gw.config
-        results = config.async_["results_topic"]
+        results = config.async_requests.results_topic
         try:
             actual = ensure_topics(config, variant_topics(config))
         except Exception as exc:  # noqa: BLE001 - broker down at start: the tails wait for the topics
             log.error("could not ensure the results/events topics: %s", exc)
             actual = {}
-        if actual.get(results, config.async_["partitions"]) != config.async_["partitions"]:
+        if actual.get(results, config.async_requests.partitions) != config.async_requests.partitions:
             log.warning("results topic %s has %d partitions, config says %d; using %d", results, actual[results],
-                        config.async_["partitions"], actual[results])
-        self._deadline = time.monotonic() + config.reply["startup_wait_ms"] / 1000
+                        config.async_requests.partitions, actual[results])
+        self._deadline = time.monotonic() + config.reply.startup_wait_ms / 1000
         self.async_requests.start(actual.get(results))
         self.states.start()
         return self.wait_ready() if wait_ready else self.ready
@@ -62,7 +62,7 @@ class Variants:
             tail.wait_ready(max(0.0, self._deadline - time.monotonic()))
         if not self.ready:
             log.error("async results / events tails not positioned within reply.startup_wait_ms (%d ms)",
-                      self.gw.config.reply["startup_wait_ms"])
+                      self.gw.config.reply.startup_wait_ms)
         return self.ready
 
     @property
@@ -82,7 +82,7 @@ class Variants:
         and position every tail again."""
         if not self.started:
             return
-        from .kafka.admin import ensure_topics, variant_topics
+        from ..kafka.admin import ensure_topics, variant_topics
 
         try:
             ensure_topics(self.gw.config, variant_topics(self.gw.config))
@@ -97,8 +97,3 @@ class Variants:
             return
         self.async_requests.stop()
         self.states.stop()
-
-
-def current_variants() -> Variants:
-    from flask import current_app
-    return current_app.extensions["variants"]

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Callable
 
 from gevent.event import Event
 
-from . import metrics
-from .errors import BadGateway, TooManyInFlight
+from .. import metrics
+from ..errors import BadGateway, TooManyInFlight
 
 if TYPE_CHECKING:
-    from .protocol import Reply
+    from ..protocol import Reply
 
 log = logging.getLogger(__name__)
 

@@ -1,39 +1,38 @@
 """Streaming replies over HTTP: NDJSON or Server-Sent Events, chunked, written as records arrive."""
 from __future__ import annotations
 
-import json
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from flask import Response, request
 from werkzeug.wsgi import ClosingIterator
 
 from .. import metrics
 from ..errors import GatewayError, ReplyTimeout
-from ..streams import NDJSONFormat, OutputBuffer, ReplyStream, SSEFormat, StreamIdle, problem_of
-from .common import reply_response
+from ..variants.streams import NDJSONFormat, OutputBuffer, ReplyStream, SSEFormat, StreamIdle, problem_of
 from .guard import WriteDeadline, client_socket
+from .responses import problem_of_dict, reply_response
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
+    from ..core.calls import ServiceRequest
+    from ..core.runtime import Gateway
     from ..protocol import Reply
-    from ..runtime import Gateway
 
 _BATCH = 256           # records already queued are written in one chunk of at most this many records
 _CHUNK_BYTES = 65536   # and about this many bytes: what is taken out of the bounded buffer must stay small too
 
 
-def stream_response(gw: Gateway, svc: ServiceConfig, req: dict[str, Any],
+def stream_response(gw: Gateway, svc: ServiceConfig, req: ServiceRequest,
                     fmt: type[NDJSONFormat] | type[SSEFormat]) -> Response:
     limits = gw.config.limits
     kind = "sse" if fmt is SSEFormat else "ndjson"
     # gunicorn writes each chunk after the generator yields it, and has no write timeout of its own
-    writes = WriteDeadline(client_socket(request.environ), limits["write_timeout_ms"])
-    buffer = OutputBuffer(limits["write_buffer_records"], limits["write_buffer_bytes"], lambda: writes.armed)
+    writes = WriteDeadline(client_socket(request.environ), limits.write_timeout_ms)
+    buffer = OutputBuffer(limits.write_buffer_records, limits.write_buffer_bytes, lambda: writes.armed)
     stream = ReplyStream(buffer, kind)
-    waiter = gw.send_request(svc, stream.waiter, timeout_ms=svc.stream_timeout_ms, **req)
-    cid = waiter.correlation_id
-    metrics.IN_FLIGHT.labels(svc.name).inc()
+    call = gw.open_call(svc, stream.waiter, req, timeout_ms=svc.stream_timeout_ms)
+    cid = call.correlation_id
     closed = False
 
     def close() -> None:
@@ -41,9 +40,8 @@ def stream_response(gw: Gateway, svc: ServiceConfig, req: dict[str, Any],
         writes.disarm()            # armed until here: the last chunk and gunicorn's terminating chunk
         if not closed:
             closed = True
-            gw.pending.remove(cid)
+            call.close()
             stream.close()
-            metrics.IN_FLIGHT.labels(svc.name).dec()
             if writes.expired and not stream.dropped:
                 metrics.SLOW_CONSUMERS.labels(kind, "write_timeout").inc()
 
@@ -59,13 +57,12 @@ def stream_response(gw: Gateway, svc: ServiceConfig, req: dict[str, Any],
         raise
     if first.stream is None:              # a plain reply: answer it as it is
         close()
-        return reply_response(gw, svc, first)
+        return reply_response(svc, first)
     if first.stream == "error":           # nothing sent yet: the error can still be the HTTP status
         close()
         problem = {**problem_of(first), "correlation_id": cid.hex()}
         status = problem["status"] if isinstance(problem["status"], int) and 400 <= problem["status"] <= 599 else 502
-        return Response(json.dumps(problem), status, {"X-Correlation-Id": cid.hex()},
-                        content_type="application/problem+json")
+        return problem_of_dict(problem, status, {"X-Correlation-Id": cid.hex()})
     deadline = time.monotonic() + svc.stream_timeout_ms / 1000
     idle_s = svc.stream_idle_timeout_ms / 1000
 

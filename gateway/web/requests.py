@@ -1,22 +1,55 @@
-"""Helpers shared by the HTTP blueprints and the websocket: a reply as a response, ``Prefer``, what a request
-record carries (forwarded headers, record key)."""
+"""Request validation shared by every entry point (the HTTP proxy and websocket frames): which service, which
+method (405 + Allow), content type (415), size (413), forwarded headers, the record key, ``Prefer``.
+
+Each check raises a :class:`gateway.errors.GatewayError` saying what to fix; nothing is registered or produced
+before they all pass.
+"""
 from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any, Callable
 
-from flask import Response
-
-from ..errors import BadRequest
+from ..config import HTTP_METHODS
+from ..errors import BadRequest, MethodNotAllowed, PayloadTooLarge, UnknownService, UnsupportedMediaType
 from .guard import check_header
 
 if TYPE_CHECKING:
     from ..config import ServiceConfig
-    from ..protocol import Reply
-    from ..runtime import Gateway
+    from ..core.runtime import Gateway
 
 
 TRACE_HEADERS = ("traceparent", "tracestate")
+ALL_METHODS = list(HTTP_METHODS)      # routes take every method, so that a wrong one gets 405 + Allow, not 404
+
+
+def lookup_service(gw: Gateway, name: Any) -> ServiceConfig:
+    """The configured service *name*, or 404 listing the known ones."""
+    svc = gw.config.services.get(name) if isinstance(name, str) else None
+    if svc is None:
+        raise UnknownService(f"no service {name!r}; known: {', '.join(sorted(gw.config.services))}")
+    return svc
+
+
+def check_method(svc: ServiceConfig, method: str) -> None:
+    """405 with ``Allow`` for a method the service does not take."""
+    if method not in svc.methods:
+        raise MethodNotAllowed(f"{svc.name} accepts {', '.join(svc.methods)}", allow=list(svc.methods))
+
+
+def check_content_type(svc: ServiceConfig, mimetype: str | None) -> None:
+    """415 for a body the service does not accept (or a body without a content type)."""
+    if not mimetype:
+        raise UnsupportedMediaType(f"a request body needs a Content-Type; {svc.name} accepts "
+                                   f"{', '.join(svc.content_types)}")
+    if "*/*" not in svc.content_types and mimetype not in svc.content_types:
+        raise UnsupportedMediaType(f"{svc.name} does not accept {mimetype}; send one of "
+                                   f"{', '.join(svc.content_types)}")
+
+
+def check_size(size: int, limit: int, what: str = "the body", setting: str = "limits.max_body_bytes") -> None:
+    """413 past *limit* bytes (werkzeug checks HTTP bodies itself: ``MAX_CONTENT_LENGTH``)."""
+    if size > limit:
+        raise PayloadTooLarge(f"{what} is larger than {setting} ({limit})")
 
 
 def path_segment(path: str, index: int) -> str | None:
@@ -29,7 +62,7 @@ def forwarded_headers(gw: Gateway, header: Callable[[str], str | None]) -> list[
     """The allow-listed request headers (``http.forward_request_headers``) plus trace context, looked up with
     *header* (case-insensitive); 400 for a value that an HTTP header cannot carry."""
     out = []
-    for name in (*gw.config.http["forward_request_headers"], *TRACE_HEADERS):
+    for name in (*gw.config.http.forward_request_headers, *TRACE_HEADERS):
         value = header(name)
         if value is not None:
             check_header(name, value)
@@ -42,29 +75,17 @@ def record_key(svc: ServiceConfig, path: str, header: Callable[[str], str | None
     spec = svc.key
     if spec is None:
         return None
-    if spec["source"] == "path":
-        segment = path_segment(path, spec["segment"])
+    if spec.source == "path":
+        segment = path_segment(path, spec.segment)
         return segment.encode("utf-8", "surrogatepass") if segment is not None else None
-    if spec["source"] == "header":
-        value = header(spec["header"])
+    if spec.source == "header":
+        value = header(spec.header)
         return value.encode("latin-1", "replace") if value is not None else None
-    if isinstance(parsed, dict) and parsed.get(spec["field"]) is not None:
-        value = parsed[spec["field"]]
+    if isinstance(parsed, dict) and parsed.get(spec.field) is not None:
+        value = parsed[spec.field]
         # a JSON string may hold a lone surrogate ("\ud800"): the key only has to be stable, not valid UTF-8
         return (value if isinstance(value, str) else json.dumps(value)).encode("utf-8", "surrogatepass")
     return None
-
-
-def reply_response(gw: Gateway, svc: ServiceConfig | None, reply: Reply) -> Response:
-    """A service's reply as the HTTP response: status, body, content type, allow-listed headers."""
-    default_type = svc.reply_content_type if svc is not None else "application/json"
-    response = Response(reply.body, status=reply.status, content_type=reply.content_type or default_type)
-    allowed = gw.config.http["forward_response_headers"]
-    for name, value in reply.headers:
-        if name in allowed:
-            response.headers.add(name, value)
-    response.headers["X-Correlation-Id"] = reply.correlation_id.hex()
-    return response
 
 
 def parse_prefer(values: list[str]) -> dict[str, str | None]:

@@ -21,12 +21,15 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from gevent.event import Event
 
-from . import jsonutil
+from .. import jsonutil
+from ..errors import StateTimeout
 
 if TYPE_CHECKING:
-    from .runtime import Gateway
+    from ..config import AnswerOn
+    from ..core.runtime import Gateway
 
 log = logging.getLogger(__name__)
+READ_BARRIER_S = 1.0     # longest a conditional GET waits to catch up with the events topic (wait_for_change)
 _ETAG_CHARS = re.compile(r"[\x21\x23-\x7e\x80-\xff]{1,256}")
 
 
@@ -130,6 +133,14 @@ def parse_event(record: Any, event_id_field: str | None) -> EntityEvent | None:
     return EntityEvent(entity_id, value, record.value, record.partition, record.offset, time.monotonic())
 
 
+def entity_field(doc: Any, name: str) -> str | None:
+    """The entity id in JSON field *name* of *doc*, as text; None when it is absent or empty."""
+    if isinstance(doc, dict) and doc.get(name) not in (None, ""):
+        value = doc[name]
+        return value if isinstance(value, str) else json.dumps(value)
+    return None
+
+
 class StateWatcher:
     """Per worker: one tail + table per events topic named by some service's ``answer_on``."""
 
@@ -139,9 +150,9 @@ class StateWatcher:
         self._id_fields: dict[str, str | None] = {}
         for svc in gw.config.services.values():
             if svc.answer_on is not None:
-                topic = svc.answer_on["topic"]
-                self.tables.setdefault(topic, EntityTable(gw.config.state["max_entities"]))
-                self._id_fields[topic] = svc.answer_on["event_id_field"]
+                topic = svc.answer_on.topic
+                self.tables.setdefault(topic, EntityTable(gw.config.state.max_entities))
+                self._id_fields[topic] = svc.answer_on.event_id_field
         self.tails: dict[str, Any] = {}
 
     def read_barrier(self, topic: str, timeout_s: float) -> bool:
@@ -149,8 +160,40 @@ class StateWatcher:
         tail = self.tails.get(topic)
         return tail is not None and tail.read_barrier(None, timeout_s)
 
+    def wait_for_state(self, service: str, on: AnswerOn, entity_id: str, since: float,
+                       correlation_id: str | None = None) -> EntityEvent:
+        """The first event read after *since* (``time.monotonic()``) in which *entity_id* is in one of
+        ``on.states``; :class:`StateTimeout` (504) after ``on.timeout_ms``."""
+        states = set(on.states)
+        table = self.tables[on.topic]
+        event = table.wait(entity_id, lambda e: e.seen_at >= since and e.state(on.state_field) in states,
+                           on.timeout_ms / 1000)
+        if event is None:
+            last = table.get(entity_id)
+            seen = last.state(on.state_field) if last is not None else None
+            raise StateTimeout(f"{service} entity {entity_id} did not reach {' or '.join(on.states)} within "
+                               f"{on.timeout_ms} ms (last state seen: {seen})", correlation_id=correlation_id,
+                               entity_id=entity_id, last_state=seen)
+        return event
+
+    def wait_for_change(self, on: AnswerOn, entity_id: str, etags: set[str], wait_s: float) -> EntityEvent | None:
+        """The entity's current event if its ETag is not in *etags* (``*``: any event), else its next change
+        within *wait_s*; None when nothing changed in time."""
+        if "*" in etags:      # "any representation": wait for the first event the worker sees for it
+            def changed(e: EntityEvent) -> bool:
+                return True
+        else:
+            def changed(e: EntityEvent) -> bool:
+                return e.etag(on.version_field) not in etags
+        started = time.monotonic()
+        # workers read the events topic independently: catch up first, so that a client holding the ETag another
+        # worker just served is never answered with an older event (within the wait, not on top of it)
+        self.read_barrier(on.topic, READ_BARRIER_S)
+        wait_s = max(0.0, wait_s - (time.monotonic() - started))
+        return self.tables[on.topic].wait(entity_id, changed, wait_s)
+
     def start(self) -> None:
-        from .kafka.tail import TopicTail
+        from ..kafka.tail import TopicTail
 
         for topic, table in self.tables.items():
             id_field = self._id_fields[topic]
@@ -161,7 +204,7 @@ class StateWatcher:
                     table.update(event)
 
             tail = TopicTail(self.gw.config, topic, on_record, start="end",
-                             fetch_max_wait_ms=self.gw.config.state["fetch_max_wait_ms"])
+                             fetch_max_wait_ms=self.gw.config.state.fetch_max_wait_ms)
             tail.start()
             self.tails[topic] = tail
 

@@ -1,32 +1,20 @@
-"""Configuration: one marshmallow schema, unknown keys rejected, units in names, env overrides on top.
+"""The configuration schema: one marshmallow schema per section, unknown keys rejected, units in names, the
+relationships between settings checked with the values in the message. Each section loads into its typed, frozen
+dataclass (:mod:`gateway.config.sections`).
 
-The file is TOML (``conf/gateway.toml`` unless ``GATEWAY_CONFIG`` names another). Environment variables override
-it, twelve-factor style, so a Procfile deployment needs no file edits:
-
-``KAFKA_BOOTSTRAP_SERVERS``  kafka.bootstrap_servers (comma-separated host:port)
-``KAFKA_URL``                Heroku's form (``kafka+ssl://h1:9096,kafka+ssl://h2:9096``), used when the above is unset;
-                             with ``KAFKA_TRUSTED_CERT``, ``KAFKA_CLIENT_CERT``, ``KAFKA_CLIENT_CERT_KEY`` (PEM text)
-``GATEWAY_REPLY_PARTITIONS`` reply.partitions
-``PORT``, ``WEB_CONCURRENCY`` are read by ``conf/gunicorn.conf.py``.
-
-Every error names the key and says what to change; :func:`load_config` raises :class:`ConfigError`.
+Longer than ~300 lines on purpose: every setting's documentation lives next to its field (the README's table is
+generated from it), so the length is the documentation of ~80 settings, not logic.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
-import tomllib
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from .errors import ConfigError
+from . import sections
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "conf" / "gateway.toml"
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 RESERVED_NAMES = ("healthz", "readyz", "metrics", "ws", "requests", "static")
 _TOPIC_RE = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
@@ -34,12 +22,22 @@ _SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 class _Strict(Schema):
+    section: ClassVar[type | None] = None     # the dataclass a loaded section becomes
+
     class Meta:
         unknown = RAISE
+
+    @post_load
+    def _typed(self, data: Any, **_: Any) -> Any:
+        if self.section is None or not isinstance(data, dict):
+            return data
+        return self.section(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 class KafkaSchema(_Strict):
     """Kafka client settings shared by the producer and the reply consumer (kafka-python names)."""
+    section = sections.KafkaSettings
+
 
     bootstrap_servers = fields.List(fields.String(), load_default=["localhost:9092"],
                                     metadata={"doc": "Brokers to bootstrap from (host:port)."})
@@ -123,6 +121,8 @@ class KafkaSchema(_Strict):
 
 class ReplySchema(_Strict):
     """The shared reply topic and the gateway's consumer group on it."""
+    section = sections.ReplySettings
+
 
     topic = fields.String(load_default="gateway.replies", validate=validate.Regexp(_TOPIC_RE),
                           metadata={"doc": "The one reply topic all gateway workers share."})
@@ -148,6 +148,7 @@ class ReplySchema(_Strict):
 
 
 class LimitsSchema(_Strict):
+    section = sections.LimitsSettings
     max_body_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=0),
                                     metadata={"doc": "Largest request body accepted (413 above)."})
     max_in_flight = fields.Integer(load_default=10000, validate=validate.Range(min=1),
@@ -181,6 +182,8 @@ class LimitsSchema(_Strict):
 
 class KeySchema(_Strict):
     """Where the request record's Kafka key comes from (so one entity's requests stay in order)."""
+    section = sections.KeySpec
+
 
     source = fields.String(required=True, validate=validate.OneOf(["path", "json", "header"]),
                            metadata={"doc": "path segment, top-level JSON field, or request header."})
@@ -199,6 +202,8 @@ class KeySchema(_Strict):
 
 class AnswerOnSchema(_Strict):
     """Answer on state: reply when the entity's events reach one of ``states`` (docs/variants.md, variant 4)."""
+    section = sections.AnswerOn
+
 
     topic = fields.String(required=True, validate=validate.Regexp(_TOPIC_RE),
                           metadata={"doc": "Events topic every worker tails (from its end) for this entity."})
@@ -260,7 +265,7 @@ class ServiceSchema(_Strict):
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
         key = data.get("key")
-        if key and key["source"] == "json":
+        if key and key.source == "json":
             if "application/json" not in data["content_types"] and "*/*" not in data["content_types"]:
                 raise ValidationError("key from a JSON field needs 'application/json' in content_types", "key")
             if not set(data["methods"]) & {"POST", "PUT", "PATCH"}:
@@ -268,6 +273,7 @@ class ServiceSchema(_Strict):
 
 
 class HttpSchema(_Strict):
+    section = sections.HttpSettings
     forward_request_headers = fields.List(
         fields.String(), load_default=["accept", "accept-language", "user-agent", "x-request-id", "idempotency-key",
                                        "if-match", "if-none-match"],
@@ -281,6 +287,8 @@ class HttpSchema(_Strict):
 
 class AsyncSchema(_Strict):
     """Async request + poll (``Prefer: respond-async``): results live on a topic every worker reads in full."""
+    section = sections.AsyncSettings
+
 
     results_topic = fields.String(load_default="gateway.results", validate=validate.Regexp(_TOPIC_RE),
                                   metadata={"doc": "Topic services reply to for async requests; every worker "
@@ -325,6 +333,8 @@ class AsyncSchema(_Strict):
 
 class WebsocketSchema(_Strict):
     """The ``/ws`` endpoint."""
+    section = sections.WebsocketSettings
+
 
     max_frame_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=64),
                                      metadata={"doc": "Largest request frame; larger ones get an error frame."})
@@ -339,6 +349,8 @@ class WebsocketSchema(_Strict):
 
 class StateSchema(_Strict):
     """Answer on state: the per-worker table of entity states read from the events topics."""
+    section = sections.StateSettings
+
 
     max_entities = fields.Integer(load_default=100000, validate=validate.Range(min=1),
                                   metadata={"doc": "Entities whose latest event each worker remembers."})
@@ -354,7 +366,7 @@ class GatewaySchema(_Strict):
     reply = fields.Nested(ReplySchema, load_default=lambda: ReplySchema().load({}))
     limits = fields.Nested(LimitsSchema, load_default=lambda: LimitsSchema().load({}))
     http = fields.Nested(HttpSchema, load_default=lambda: HttpSchema().load({}))
-    async_ = fields.Nested(AsyncSchema, data_key="async", load_default=lambda: AsyncSchema().load({}))
+    async_requests = fields.Nested(AsyncSchema, data_key="async", load_default=lambda: AsyncSchema().load({}))
     websocket = fields.Nested(WebsocketSchema, load_default=lambda: WebsocketSchema().load({}))
     state = fields.Nested(StateSchema, load_default=lambda: StateSchema().load({}))
     services = fields.Dict(keys=fields.String(), values=fields.Nested(ServiceSchema), required=True)
@@ -369,7 +381,7 @@ class GatewaySchema(_Strict):
                 raise ValidationError(
                     f"service name {name!r} must be lower-case letters, digits, '-' or '_' and not one of "
                     f"{', '.join(RESERVED_NAMES)}", "services")
-            if svc["topic"] == data["reply"]["topic"]:
+            if svc["topic"] == data["reply"].topic:
                 raise ValidationError(f"service {name!r} uses the reply topic {svc['topic']!r} as its request "
                                       "topic; give it its own topic", "services")
             if svc["topic"] in topics:
@@ -379,26 +391,31 @@ class GatewaySchema(_Strict):
         _check_variants(data, topics)
 
     @post_load
-    def _build(self, data: dict[str, Any], **_: Any) -> "Config":
+    def _build(self, data: dict[str, Any], **_: Any) -> sections.Config:
         services = {}
         for name, s in data["services"].items():
             s = dict(s)
-            s["timeout_ms"] = s["timeout_ms"] or data["limits"]["default_timeout_ms"]
+            s["timeout_ms"] = s["timeout_ms"] or data["limits"].default_timeout_ms
             s["methods"] = tuple(m.upper() for m in s["methods"])
+            s["content_types"] = tuple(s["content_types"])
             s["async_timeout_ms"] = s["async_timeout_ms"] or s["timeout_ms"]
             if s["answer_on"] is not None:
-                s["answer_on"] = {**s["answer_on"], "timeout_ms": s["answer_on"]["timeout_ms"] or s["timeout_ms"],
-                                  "methods": tuple(s["answer_on"]["methods"])}
-            services[name] = ServiceConfig(name=name, **s)
-        return Config(kafka=data["kafka"], reply=data["reply"], limits=data["limits"],
-                      http={k: tuple(h.lower() for h in v) for k, v in data["http"].items()}, services=services,
-                      async_=data["async_"], websocket=data["websocket"], state=data["state"])
+                s["answer_on"] = dataclasses.replace(s["answer_on"],
+                                                     timeout_ms=s["answer_on"].timeout_ms or s["timeout_ms"])
+            services[name] = sections.ServiceConfig(name=name, **s)
+        http = data["http"]
+        http = sections.HttpSettings(
+            forward_request_headers=tuple(h.lower() for h in http.forward_request_headers),
+            forward_response_headers=tuple(h.lower() for h in http.forward_response_headers))
+        return sections.Config(kafka=data["kafka"], reply=data["reply"], limits=data["limits"], http=http,
+                               services=services, async_requests=data["async_requests"], websocket=data["websocket"],
+                               state=data["state"])
 
 
 def _check_variants(data: dict[str, Any], service_topics: dict[str, str]) -> None:
     """The async results topic and the events topics must not collide with request or reply topics."""
-    results = data["async_"]["results_topic"]
-    if results == data["reply"]["topic"] or results in service_topics:
+    results = data["async_requests"].results_topic
+    if results == data["reply"].topic or results in service_topics:
         raise ValidationError(f"async.results_topic {results!r} is also the reply topic or a request topic; "
                               "give it its own topic", "async")
     event_ids: dict[str, Any] = {}
@@ -406,162 +423,18 @@ def _check_variants(data: dict[str, Any], service_topics: dict[str, str]) -> Non
         on = svc.get("answer_on")
         if not on:
             continue
-        topic = on["topic"]
-        if topic in (data["reply"]["topic"], results) or topic in service_topics:
+        topic = on.topic
+        if topic in (data["reply"].topic, results) or topic in service_topics:
             raise ValidationError(f"services.{name}.answer_on.topic {topic!r} is a request, reply or results "
                                   "topic; name the topic the entity's events are published to", "services")
-        if not set(on["methods"]) <= set(svc["methods"]):
-            raise ValidationError(f"services.{name}.answer_on.methods {on['methods']} must be among the "
+        if not set(on.methods) <= set(svc["methods"]):
+            raise ValidationError(f"services.{name}.answer_on.methods {list(on.methods)} must be among the "
                                   f"service's methods {svc['methods']}", "services")
-        if on["id_source"] == "body" and not set(on["methods"]) <= {"POST", "PUT", "PATCH"}:
+        if on.id_source == "body" and not set(on.methods) <= {"POST", "PUT", "PATCH"}:
             raise ValidationError(f"services.{name}.answer_on: id_source 'body' needs methods with a body "
                                   "(POST, PUT, PATCH)", "services")
-        if event_ids.setdefault(topic, on["event_id_field"]) != on["event_id_field"]:
+        if event_ids.setdefault(topic, on.event_id_field) != on.event_id_field:
             raise ValidationError(f"services sharing events topic {topic!r} must agree on event_id_field",
                                   "services")
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
-    name: str
-    topic: str
-    partitions: int
-    timeout_ms: int
-    methods: tuple[str, ...]
-    content_types: list[str]
-    key: dict[str, Any] | None
-    reply_content_type: str
-    async_timeout_ms: int = 0          # 0 before _build fills in timeout_ms
-    stream_idle_timeout_ms: int = 10000
-    stream_timeout_ms: int = 300000
-    answer_on: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Config:
-    kafka: dict[str, Any]
-    reply: dict[str, Any]
-    limits: dict[str, Any]
-    http: dict[str, tuple[str, ...]]
-    services: dict[str, ServiceConfig]
-    async_: dict[str, Any] = dataclasses.field(default_factory=lambda: AsyncSchema().load({}))
-    websocket: dict[str, Any] = dataclasses.field(default_factory=lambda: WebsocketSchema().load({}))
-    state: dict[str, Any] = dataclasses.field(default_factory=lambda: StateSchema().load({}))
-
-    def kafka_client_kwargs(self) -> dict[str, Any]:
-        """Connection settings common to every kafka-python client."""
-        k = self.kafka
-        kwargs = {"bootstrap_servers": list(k["bootstrap_servers"]), "client_id": k["client_id"],
-                  "security_protocol": k["security_protocol"], "request_timeout_ms": k["request_timeout_ms"],
-                  "metadata_max_age_ms": k["metadata_max_age_ms"]}
-        for opt in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "ssl_cafile", "ssl_certfile",
-                    "ssl_keyfile"):
-            if k.get(opt):
-                kwargs[opt] = k[opt]
-        return kwargs
-
-
-def _flatten_errors(messages: Any, prefix: str = "") -> list[str]:
-    out: list[str] = []
-    if isinstance(messages, dict):
-        for key, value in messages.items():
-            if key in ("_schema", "value"):  # schema-level errors; Dict fields nest values under "value"
-                path = prefix or str(key)
-            else:
-                path = f"{prefix}.{key}" if prefix else str(key)
-            out.extend(_flatten_errors(value, path))
-    elif isinstance(messages, list):
-        for m in messages:
-            out.extend(_flatten_errors(m, prefix))
-    else:
-        text = str(messages)
-        if text == "Unknown field.":
-            text = "unknown key; remove it or check its spelling (see the configuration table in the README)"
-        out.append(f"{prefix}: {text}")
-    return out
-
-
-def _heroku_kafka(env: Mapping[str, str], kafka: dict[str, Any]) -> None:
-    urls = [u.strip() for u in env["KAFKA_URL"].split(",") if u.strip()]
-    kafka["bootstrap_servers"] = [re.sub(r"^[a-z+]+://", "", u) for u in urls]
-    if any(u.startswith("kafka+ssl://") for u in urls):
-        kafka["security_protocol"] = "SSL"
-        pem_dir = Path(tempfile.mkdtemp(prefix="gateway-kafka-"))
-        for var, opt in (("KAFKA_TRUSTED_CERT", "ssl_cafile"), ("KAFKA_CLIENT_CERT", "ssl_certfile"),
-                         ("KAFKA_CLIENT_CERT_KEY", "ssl_keyfile")):
-            if env.get(var):
-                path = pem_dir / f"{opt}.pem"
-                path.write_text(env[var])
-                path.chmod(0o600)
-                kafka[opt] = str(path)
-
-
-def apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Environment overrides on top of the file's dict (before validation, so they are validated too)."""
-    raw = dict(raw)
-    kafka = dict(raw.get("kafka") or {})
-    if env.get("KAFKA_BOOTSTRAP_SERVERS"):
-        kafka["bootstrap_servers"] = [s.strip() for s in env["KAFKA_BOOTSTRAP_SERVERS"].split(",") if s.strip()]
-    elif env.get("KAFKA_URL"):
-        _heroku_kafka(env, kafka)
-    if kafka:
-        raw["kafka"] = kafka
-    if env.get("GATEWAY_REPLY_PARTITIONS"):
-        reply = dict(raw.get("reply") or {})
-        try:
-            reply["partitions"] = int(env["GATEWAY_REPLY_PARTITIONS"])
-        except ValueError:
-            raise ConfigError(
-                f"GATEWAY_REPLY_PARTITIONS={env['GATEWAY_REPLY_PARTITIONS']!r} is not a whole number") from None
-        raw["reply"] = reply
-    return raw
-
-
-def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> Config:
-    try:
-        return GatewaySchema().load(dict(raw))
-    except ValidationError as exc:
-        lines = "\n  ".join(_flatten_errors(exc.messages))
-        raise ConfigError(f"invalid {source}:\n  {lines}") from None
-
-
-def config_path(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
-
-
-def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read the TOML file, apply environment overrides, validate. Raises :class:`ConfigError`."""
-    env = os.environ if env is None else env
-    path = Path(path) if path else config_path(env)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found; set GATEWAY_CONFIG to the path of your gateway.toml") \
-            from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_config(apply_env(raw, env), str(path))
-
-
-def schema_docs() -> list[tuple[str, str, str, str]]:
-    """(key, type, default, meaning) for every setting: the README's configuration table is tested against it."""
-    rows = []
-    for section, schema in (("kafka", KafkaSchema), ("reply", ReplySchema), ("limits", LimitsSchema),
-                            ("http", HttpSchema), ("async", AsyncSchema), ("websocket", WebsocketSchema),
-                            ("state", StateSchema), ("services.<name>", ServiceSchema),
-                            ("services.<name>.key", KeySchema), ("services.<name>.answer_on", AnswerOnSchema)):
-        for name, field in schema().fields.items():
-            default = "required" if field.required else field.load_default
-            rows.append((f"{section}.{name}", type(field).__name__, repr(default) if not callable(default) else "",
-                         field.metadata.get("doc", "")))
-    return rows
-
-
-def config_table() -> str:
-    """The README's configuration table, generated from the schema (``gateway config-docs``)."""
-    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, kind, default, doc in schema_docs():
-        default = default.replace("|", "\\|")
-        lines.append(f"| `{key}` | {kind} | {'`' + default + '`' if default else ''} | {doc} |")
-    return "\n".join(lines)

@@ -1,1 +1,0 @@
-"""Flask blueprints: the service proxy and the ops endpoints."""
