@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import requests
 
 from gateway.broker import free_port
-from gateway.testing import Process, metric_value, wait_until
+from tests.support.harness import Process, metric_value, wait_until
 
 from .procstat import CpuMeter, children, comm
 

@@ -24,9 +24,7 @@ import requests
 
 from gateway.broker import EmbeddedBroker, free_port
 from gateway.config import parse_config
-from gateway.faults import held_client_ports, signal_pending, worker_pids
-from gateway.loadgen import FRESH, KEEPALIVE, LoadGenerator, summarize
-from gateway.testing import (
+from tests.support.harness import (
     GunicornGateway,
     Process,
     ProcessExited,
@@ -36,6 +34,8 @@ from gateway.testing import (
     wait_until,
     write_config,
 )
+from tests.support.loadgen import FRESH, KEEPALIVE, LoadGenerator, summarize
+from tests.support.procs import held_client_ports, signal_pending, worker_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from gateway import protocol as P
 from gateway.responder import Request, Responder
-from gateway.testing import wait_until
+from tests.support.harness import wait_until
 
 IDLE_S = 60
 TOPIC = "replay.requests"
@@ -97,7 +97,7 @@ def _raw_batches(bootstrap: str, replay: Replay) -> list[str]:
     reply_topic = f"replay-raw-{uuid.uuid4().hex[:8]}"
     from gateway.config import parse_config
     from gateway.kafka.admin import ensure_topics
-    from gateway.testing import make_config
+    from tests.support.harness import make_config
 
     ensure_topics(parse_config(make_config(bootstrap, {"x": {"topic": TOPIC}})), {reply_topic: 2})
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, batch_size=65536)

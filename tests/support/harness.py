@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import requests
 
-from .broker import free_port
+from gateway.broker import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]   # the source tree (tests/support/harness.py)
 
 
 def _toml_value(v: Any) -> str:

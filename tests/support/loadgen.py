@@ -2,8 +2,8 @@
 
 Every request is ``POST <target><prefix>/<client>/<seq>`` with the JSON body
 ``{"token": "<run>-<client>-<seq>-<hex>"}``. A reply is ``ok`` only when it is a 200 whose JSON carries exactly the
-body and path this request sent (the echo service mirrors both; ``gateway.faulty_service`` too); a 200 with anybody
-else's body is ``mismatched``; everything else (non-200, connection error, client timeout) is ``failed``.
+body and path this request sent (the echo service mirrors both; ``tests.support.faulty_service`` too); a 200 with
+anybody else's body is ``mismatched``; everything else (non-200, connection error, client timeout) is ``failed``.
 
 Two client styles, mixed as you like (client ``i`` uses ``styles[i % len(styles)]``):
 
@@ -25,8 +25,11 @@ A connection the target REFUSED (nothing listens: an instance that stopped) carr
 counted (``refused``, with time, phase and target in ``refusals``) and tried again, and never appears as a request.
 Where nothing should refuse (a reload, a scale-down), the fault suite asserts there was none.
 
-Used by ``tests/test_faults.py``, ``tests/test_drain.py`` and ``gateway.faults`` (the fault table). Threads are fine
-for ~50 clients: they spend their time blocked on sockets.
+Used by ``tests/test_faults.py``, ``tests/test_drain.py`` and ``tests.support.scenarios`` (the fault table). Threads
+are fine for ~50 clients: they spend their time blocked on sockets.
+
+Over 300 lines for a reason: the client loop, its connection plumbing (counting sockets, refusals, stale-connection
+retries) and the result bookkeeping are one protocol; split, each part would only make sense with the others open.
 """
 from __future__ import annotations
 
