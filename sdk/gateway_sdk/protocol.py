@@ -16,6 +16,15 @@ import struct
 from dataclasses import dataclass, field
 from typing import Container, Iterable, Sequence
 
+__all__ = [
+    "HTTP_HEADER_PREFIX", "H_ASYNC", "H_CONTENT_TYPE", "H_CORRELATION_ID", "H_DEADLINE_MS", "H_METHOD", "H_PATH",
+    "H_QUERY", "H_REPLY_KEY", "H_REPLY_PARTITION", "H_REPLY_TOPIC", "H_SEQ", "H_SERVICE", "H_SPRING_CORRELATION_ID",
+    "H_SPRING_REPLY_PARTITION", "H_SPRING_REPLY_TOPIC", "H_STATUS", "H_STREAM", "H_TRACEPARENT", "H_TRACESTATE",
+    "Headers", "NO_BODY_STATUSES", "ProtocolError", "RANDOM_BYTES", "Reply", "ReplyTo", "WORKER_TAG_BYTES",
+    "decode_reply", "new_correlation_id", "new_worker_tag", "reply_correlation_id", "reply_headers",
+    "request_headers",
+]
+
 # -- request headers (gateway -> service)
 H_CORRELATION_ID = "gateway-correlation-id"   # hex of the correlation id bytes
 H_REPLY_TOPIC = "gateway-reply-topic"
@@ -204,7 +213,7 @@ def decode_reply(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
 def reply_headers(correlation_id: bytes, status: int = 200, content_type: str | None = "application/json",
                   http_headers: Iterable[tuple[str, str]] = (), seq: int | None = None,
                   stream: str | None = None) -> Headers:
-    """Headers of a reply record (what :mod:`gateway.responder` sends)."""
+    """Headers of a reply record (what :mod:`gateway_sdk` sends)."""
     headers: Headers = [(H_CORRELATION_ID, correlation_id.hex().encode()),
                         (H_SPRING_CORRELATION_ID, correlation_id),
                         (H_STATUS, str(status).encode())]
