@@ -1,6 +1,6 @@
 """Issue 7, section 2: after traffic and a long idle period, the SDK has executed every request exactly once.
 
-The service is a ``gateway.responder.Responder`` inside this process, so its executions are counted where they
+The service is a ``gateway_sdk.Responder`` inside this process, so its executions are counted where they
 happen (per request token), not inferred from replies. The traffic has what made the old SDK replay requests:
 multi-record batches on the request topic (a raw producer with ``linger_ms`` packs several requests per batch;
 the embedded broker then reports wrong end offsets, which the old "position past the end = recreated" guess took
@@ -25,7 +25,7 @@ import requests
 from kafka import KafkaConsumer, KafkaProducer
 
 from gateway import protocol as P
-from gateway.responder import Request, Responder
+from gateway_sdk import Request, Responder
 from tests.support.harness import wait_until
 
 IDLE_S = 60

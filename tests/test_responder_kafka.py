@@ -7,7 +7,7 @@ import requests
 
 from gateway.config import parse_config
 from gateway.kafka.admin import ensure_topics
-from gateway.responder import Responder
+from gateway_sdk import Responder
 from tests.support.harness import GunicornGateway, make_config, wait_until, write_config
 
 

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from gateway.responder import Request, Responder
+from gateway_sdk import Request, Responder
 
 svc = Responder("faulty", topic=os.environ.get("FAULTY_TOPIC", "faulty.requests"))
 CONTROL = Path(os.environ.get("FAULTY_CONTROL", "/nonexistent/faulty-control.json"))

@@ -179,7 +179,7 @@ class GunicornGateway(Process):
 
 
 class ServiceProcess(Process):
-    """An example service (python -m examples.<name>) or any module built on gateway.responder."""
+    """An example service (python -m examples.<name>) or any module built on the SDK (gateway_sdk)."""
 
     def __init__(self, module: str, bootstrap: str, log_dir: Path, **env: str) -> None:
         super().__init__(module.rsplit(".", 1)[-1], [sys.executable, "-m", module], base_env(bootstrap, **env),
