@@ -12,8 +12,9 @@ Two client styles, mixed as you like (client ``i`` uses ``styles[i % len(styles)
   REUSED connection fails with EOF or a reset before any byte of the response arrived, the request is sent once
   more on a new connection and counted as a ``stale_retry``: a server closing an idle keep-alive connection races
   with the client's next request on the wire, and the retry is safe only because the gateway never processes a
-  request on a connection it closes while idle (``gateway.worker``). The fault suite proves it: every token must be
-  on the request topic exactly once. A failure on a NEW connection, or after a response byte, is never retried.
+  request on a connection it closes while idle (``gateway.serve.worker``). The fault suite proves it: every token
+  must be on the request topic exactly once. A failure on a NEW connection, or after a response byte, is never
+  retried.
 
 Pacing: flat out (closed loop: the next request as soon as the last one is answered), ``rate`` requests/s over
 all clients, or per client (``client_rates``, cycled like the styles: ``None`` is flat out). A paced client keeps
