@@ -210,3 +210,18 @@ def test_gateway_serve_from_the_wheel_answers_through_an_sdk_only_service(served
     assert len(r.headers["X-Correlation-Id"]) == 48
     assert "Using worker: gateway.serve.worker.GatewayWorker" in served["gateway"].log()   # the packaged config
     assert served["gateway"].stop() == 0   # SIGTERM: a graceful stop
+
+
+def test_gateway_requires_the_sdk_of_its_own_version():
+    """The two distributions are released together: the gateway pins the SDK built from the same tree."""
+    import configparser
+
+    gateway, sdk = configparser.ConfigParser(), configparser.ConfigParser()
+    gateway.read(ROOT / "setup.cfg")
+    sdk.read(ROOT / "sdk" / "setup.cfg")
+    version = gateway["metadata"]["version"]
+    assert sdk["metadata"]["version"] == version
+    requires = [r.strip() for r in gateway["options"]["install_requires"].splitlines()]
+    assert f"kafka-rest-gateway-sdk=={version}" in requires
+    assert [r.strip() for r in sdk["options"]["install_requires"].splitlines() if r.strip()] == \
+        ["kafka-python[crc32c]>=2.2"]
