@@ -2,7 +2,7 @@
 
 librdkafka does its network I/O in its own C threads, so this process costs little CPU per request and is not the
 bottleneck of any path (the example services are kafka-python, pure Python: the point is to measure the
-requesters, not the service). It honours the gateway's wire protocol (gateway/protocol.py):
+requesters, not the service). It honours the gateway's wire protocol (sdk/gateway_sdk/protocol.py):
 
 * reply to ``gateway-reply-topic`` / ``gateway-reply-partition`` (decimal) with key ``gateway-reply-key`` when the
   request has them, else to Spring's ``kafka_replyTopic`` / ``kafka_replyPartition`` (4-byte big-endian);

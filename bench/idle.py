@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import requests
 
 from gateway.broker import free_port
-from gateway.testing import Process, metric_value, wait_until
+from tests.support.harness import Process, metric_value, wait_until
 
 from .procstat import CpuMeter, children, comm
 
@@ -61,9 +61,11 @@ def _name(pid: int, parent_name: str) -> str:
         return "sh"  # the Procfile line's shell, waiting for its command
     if name.startswith("tansu"):
         return "broker"
-    if "-m" in argv and argv.index("-m") + 1 < len(argv) and argv[argv.index("-m") + 1].startswith("examples."):
-        return argv[argv.index("-m") + 1].split(".", 1)[1]
-    if "gunicorn" in name or any(a.endswith("/gunicorn") or a == "gunicorn" for a in argv[:2]):
+    module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""   # python -m <module> ...
+    if module.startswith("examples."):
+        return module.split(".", 1)[1]
+    # `gateway serve` (the Procfile's web line) execs `python -m gunicorn`
+    if "gunicorn" in name or module == "gunicorn" or any(a.endswith("/gunicorn") or a == "gunicorn" for a in argv[:2]):
         return "worker" if parent_name == "gunicorn master" else "gunicorn master"
     return name or str(pid)
 

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from kafka.admin import KafkaAdminClient, NewTopic
 
     from gateway.broker import EmbeddedBroker
-    from gateway.testing import Process, base_env, wait_until
+    from tests.support.harness import Process, base_env, wait_until
 
     from .procstat import CpuMeter
 

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.broker import EmbeddedBroker  # noqa: E402
-from gateway.faults import vm_rss_kb, worker_pids  # noqa: E402
-from gateway.testing import GunicornGateway, make_config, metric_value, wait_until, write_config  # noqa: E402
+from tests.support.harness import GunicornGateway, make_config, metric_value, wait_until, write_config  # noqa: E402
+from tests.support.procs import vm_rss_kb, worker_pids  # noqa: E402
 
 
 def raise_nofile(want: int) -> int:

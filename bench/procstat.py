@@ -6,22 +6,10 @@ import resource
 import time
 from typing import Mapping
 
+from tests.support.procs import children, cpu_seconds  # the one copy of the /proc scans (bench and tests)
+
+__all__ = ["CpuMeter", "children", "comm", "cpu_seconds", "machine_busy_ticks", "reaped_children_cpu"]
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat_fields(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as f:
-        data = f.read()
-    return data[data.rindex(")") + 2:].split()  # fields from 3 (state) on; comm may contain spaces
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all threads), in seconds; 0 when it is gone."""
-    try:
-        fields = _stat_fields(pid)
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def comm(pid: int) -> str:
@@ -30,20 +18,6 @@ def comm(pid: int) -> str:
             return f.read().strip()
     except FileNotFoundError:
         return ""
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of *pid* (a scan of /proc; no psutil needed)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if int(_stat_fields(int(entry))[1]) == pid:
-                out.append(int(entry))
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue
-    return sorted(out)
 
 
 def reaped_children_cpu() -> float:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import requests
 
 from gateway.broker import free_port
-from gateway.testing import ROOT, Process, base_env, metric_value, wait_until
+from tests.support.harness import ROOT, Process, base_env, metric_value, wait_until
 
 if TYPE_CHECKING:
     from .run import Bench

@@ -22,7 +22,7 @@ import requests
 
 from gateway.broker import EmbeddedBroker, free_port
 from gateway.config import Config, parse_config
-from gateway.testing import (
+from tests.support.harness import (
     ROOT,
     GunicornGateway,
     Process,

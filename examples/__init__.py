@@ -1,1 +1,1 @@
-"""Example services built on gateway.responder: orders, customers, basket, echo."""
+"""Example services built on the SDK (gateway_sdk): orders, customers, basket, echo."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 
-from gateway.responder import Responder
+from gateway_sdk import Responder
 
 
 def serve(svc: Responder) -> None:

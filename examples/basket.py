@@ -5,7 +5,7 @@ import os
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from gateway.responder import HTTPError, Request, Responder
+from gateway_sdk import HTTPError, Request, Responder
 
 svc = Responder("basket", topic=os.environ.get("BASKET_TOPIC", "basket.requests"))
 BASKETS: dict[str, dict[str, int]] = {}

@@ -6,7 +6,7 @@ import secrets
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from gateway.responder import HTTPError, Request, Responder
+from gateway_sdk import HTTPError, Request, Responder
 
 svc = Responder("customers", topic=os.environ.get("CUSTOMERS_TOPIC", "customers.requests"))
 CUSTOMERS: dict[str, dict] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import os
 
-from gateway.responder import Request, Responder
+from gateway_sdk import Request, Responder
 
 svc = Responder("echo", topic=os.environ.get("ECHO_TOPIC", "echo.requests"))
 

@@ -14,7 +14,7 @@ import time
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from gateway.responder import HTTPError, Request, Responder
+from gateway_sdk import HTTPError, Request, Responder
 
 svc = Responder("orders", topic=os.environ.get("ORDERS_TOPIC", "orders.requests"))
 EVENTS_TOPIC = os.environ.get("ORDERS_EVENTS_TOPIC", "orders.events")

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Iterator
 
-from gateway.responder import HTTPError, Request, Responder
+from gateway_sdk import HTTPError, Request, Responder
 
 svc = Responder("ticker", topic=os.environ.get("TICKER_TOPIC", "ticker.requests"))
 

@@ -1,5 +1,6 @@
 """The ``gateway`` command.
 
+    gateway serve          run the gateway: gunicorn with the packaged config (gateway.serve), from any directory
     gateway dev            broker (unless KAFKA_BOOTSTRAP_SERVERS is set) + topics + every Procfile process
     gateway broker         run the embedded broker in the foreground
     gateway topics         create the missing topics (reply topic and every service's request topic)
@@ -29,6 +30,13 @@ def _config():  # noqa: ANN202
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    extra = args.gunicorn_args[1:] if args.gunicorn_args[:1] == ["--"] else args.gunicorn_args
+    serve(args.config, args.bind or (), args.workers, extra)
 
 
 def cmd_check_config(_: argparse.Namespace) -> int:
@@ -156,6 +164,16 @@ def _dev(args: argparse.Namespace, env: dict[str, str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="REST request-response gateway for Kafka")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the gateway (gunicorn, packaged config)",
+                       description="Run the gateway: gunicorn -c python:gateway.serve.gunicorn_conf gateway.wsgi:app. "
+                       "Environment: GATEWAY_CONFIG, PORT, WEB_CONCURRENCY, KAFKA_BOOTSTRAP_SERVERS, ... (README).")
+    p.add_argument("--config", metavar="PATH", help="the gateway's config file (default: GATEWAY_CONFIG, else "
+                   "conf/gateway.toml of a source tree, else the packaged defaults)")
+    p.add_argument("--bind", action="append", metavar="ADDRESS", help="host:port to listen on, repeatable "
+                   "(default: 0.0.0.0:$PORT, PORT defaults to 8000)")
+    p.add_argument("--workers", type=int, metavar="N", help="gevent worker processes (default: $WEB_CONCURRENCY or 2)")
+    p.add_argument("gunicorn_args", nargs=argparse.REMAINDER, help="after --: more gunicorn options")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("dev", help="run broker + topics + Procfile processes")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (PORT overrides)")
     p.add_argument("--broker-port", type=int, default=9092)
@@ -167,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check-config", help="validate the configuration").set_defaults(func=cmd_check_config)
     sub.add_parser("config-docs", help="print the configuration table (markdown)").set_defaults(func=cmd_config_docs)
     args = parser.parse_args(argv)
+    from .serve import use_packaged_defaults
+
+    use_packaged_defaults()   # a wheel install has no conf/gateway.toml: every command reads the packaged defaults
     return args.func(args)
 
 

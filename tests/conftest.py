@@ -14,7 +14,7 @@ import pytest
 
 from gateway.broker import EmbeddedBroker
 from gateway.config import parse_config
-from gateway.testing import GunicornGateway, ServiceProcess, make_config, metric_value, wait_until, write_config
+from tests.support.harness import GunicornGateway, ServiceProcess, make_config, metric_value, wait_until, write_config
 
 EXAMPLES = ("orders", "customers", "basket", "echo", "ticker")
 SESSION_SERVICES = {
@@ -41,7 +41,7 @@ SESSION_SERVICES = {
     # tests/test_hostile_services.py (raw services that misbehave on purpose)
     "hostile": {"topic": "hostile.requests", "methods": ["GET", "POST"], "timeout_ms": 10000},
     "unparsable": {"topic": "unparsable.requests", "methods": ["GET", "POST"], "timeout_ms": 15000},
-    # raw-protocol services the tests play themselves (gateway.testing.ScriptedService)
+    # raw-protocol services the tests play themselves (tests.support.harness.ScriptedService)
     "fuzzraw": {"topic": "fuzzraw.requests", "methods": ["GET", "POST"], "content_types": ["*/*"],
                 "timeout_ms": 5000, "stream_idle_timeout_ms": 1000, "stream_timeout_ms": 20000},
     "replyheaders": {"topic": "replyheaders.requests", "methods": ["GET"], "timeout_ms": 10000},

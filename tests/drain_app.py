@@ -1,6 +1,6 @@
 """A WSGI app for the worker tests (``tests/test_drain.py``), served by a real gunicorn with ``GatewayWorker``.
 
-``POST <any path>`` answers like the echo service (``{"path", "body"}``, so ``gateway.loadgen`` checks each reply)
+``POST <any path>`` answers like the echo service (``{"path", "body"}``, so ``tests.support.loadgen`` checks each reply)
 after a random 0..``DRAIN_APP_MAX_MS`` ms, and appends the body's token to ``$DRAIN_APP_LOG`` when it starts: the
 executions, counted inside the server. ``GET /slow?ms=N`` logs ``slow <N>`` and answers after N ms. ``GET /timeout``
 raises gevent's ``Timeout`` (a BaseException) and ``GET /stream-break`` raises it after the first body chunk.

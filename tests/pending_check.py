@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from gateway.testing import wait_until
+from tests.support.harness import wait_until
 
 
 def worker_states(url: str, workers: int, timeout_s: float = 20) -> dict[str, dict[str, Any]]:

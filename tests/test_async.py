@@ -11,7 +11,7 @@ import pytest
 import requests
 import tomllib
 
-from gateway.testing import GunicornGateway, to_toml, wait_until
+from tests.support.harness import GunicornGateway, to_toml, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 ASYNC = {"Prefer": "respond-async"}

@@ -117,13 +117,42 @@ def test_gunicorn_refuses_to_start_on_bad_config(tmp_path):
     assert "reply.partitions" in res.stderr
 
 
-def test_gunicorn_config_and_app_import_do_not_import_kafka():
-    """kafka-python must be imported only after gevent patched (in the worker), never in the master."""
-    code = ("import runpy, sys; runpy.run_path('conf/gunicorn.conf.py'); import gateway.wsgi; "
+def test_gateway_serve_refuses_to_start_on_bad_config(tmp_path):
+    """The documented command (``gateway serve``, packaged gunicorn config) checks the file --config names."""
+    bad = tmp_path / "g.toml"
+    bad.write_text('[services.orders]\ntopic = "o"\n[reply]\npartitions = 0\n')
+    res = _run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(bad), "--bind", "127.0.0.1:0"],
+               DEFAULT_CONFIG_PATH)   # --config wins over GATEWAY_CONFIG
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert "reply.partitions" in res.stderr and str(bad) in res.stderr
+
+
+@pytest.mark.parametrize("load", ["runpy.run_path('conf/gunicorn.conf.py')", "import gateway.serve.gunicorn_conf",
+                                  "import gateway.serve.worker"])
+def test_gunicorn_config_and_app_import_do_not_import_kafka(load):
+    """kafka-python must be imported only after gevent patched (in the worker), never in the master: not by the
+    gunicorn config (the example deployment's or the packaged one), the worker class, or the app's import."""
+    code = (f"import runpy, sys; {load}; import gateway.wsgi; "
             "bad = [m for m in sys.modules if m == 'kafka' or m.startswith('kafka.')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     res = _run([sys.executable, "-c", code], DEFAULT_CONFIG_PATH)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_config_file_in_use_and_packaged_defaults(tmp_path):
+    """GATEWAY_CONFIG, else the source tree's conf/gateway.toml, else the packaged defaults (a wheel install),
+    which are a valid config for brokers on localhost:9092."""
+    from gateway import serve
+
+    assert serve.config_in_use({"GATEWAY_CONFIG": str(tmp_path / "x.toml")}) == tmp_path / "x.toml"
+    assert serve.config_in_use({}) == DEFAULT_CONFIG_PATH   # this is a source tree
+    env: dict[str, str] = {}
+    assert serve.use_packaged_defaults(env) == DEFAULT_CONFIG_PATH and env["GATEWAY_CONFIG"] == str(DEFAULT_CONFIG_PATH)
+    cfg = load_config(serve.PACKAGED_CONFIG, env={})
+    assert cfg.kafka["bootstrap_servers"] == ["localhost:9092"] and list(cfg.services) == ["echo"]
+    assert serve.gunicorn_argv(["127.0.0.1:1"], 3, ["--timeout", "5"])[2:] == [
+        "gunicorn", "-c", "python:gateway.serve.gunicorn_conf", "--bind", "127.0.0.1:1", "--workers", "3",
+        "--timeout", "5", "gateway.wsgi:app"]
 
 
 def test_readme_configuration_table_is_the_schema():

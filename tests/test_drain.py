@@ -1,5 +1,5 @@
-"""The worker's graceful stop (``gateway.worker``) and the outermost safety net (``gateway.safety``), on a real
-gunicorn.
+"""The worker's graceful stop (``gateway.serve.worker``) and the outermost safety net (``gateway.serve.safety``),
+on a real gunicorn.
 
 Most tests serve ``tests/drain_app.py`` (an echo-like WSGI app that logs each execution) with ``GatewayWorker``, so
 that what is checked is the worker's HTTP behaviour on a stop, with executions counted inside the server. The last
@@ -24,9 +24,7 @@ import requests
 
 from gateway.broker import EmbeddedBroker, free_port
 from gateway.config import parse_config
-from gateway.faults import held_client_ports, signal_pending, worker_pids
-from gateway.loadgen import FRESH, KEEPALIVE, LoadGenerator, summarize
-from gateway.testing import (
+from tests.support.harness import (
     GunicornGateway,
     Process,
     ProcessExited,
@@ -36,6 +34,8 @@ from gateway.testing import (
     wait_until,
     write_config,
 )
+from tests.support.loadgen import FRESH, KEEPALIVE, LoadGenerator, summarize
+from tests.support.procs import held_client_ports, signal_pending, worker_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +50,7 @@ class DrainServer(Process):
         self.workers = workers
         env = base_env("127.0.0.1:1", DRAIN_APP_LOG=str(self.executions), DRAIN_APP_MAX_MS=str(max_ms))
         super().__init__("drain-gunicorn", [
-            sys.executable, "-m", "gunicorn", "-k", "gateway.worker.GatewayWorker", "-w", str(workers),
+            sys.executable, "-m", "gunicorn", "-k", "gateway.serve.worker.GatewayWorker", "-w", str(workers),
             "-b", f"127.0.0.1:{self.port}", "--keep-alive", "75", "--graceful-timeout", str(graceful_s),
             "--pythonpath", str(ROOT / "tests"), "drain_app:app"], env, log_dir)
         try:

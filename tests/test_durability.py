@@ -17,7 +17,7 @@ from kafka.admin import KafkaAdminClient
 from gateway.broker import EmbeddedBroker, free_port
 from gateway.config import parse_config
 from gateway.kafka.admin import ensure_topics, wanted_topics
-from gateway.testing import GunicornGateway, ServiceProcess, make_config, wait_until, write_config
+from tests.support.harness import GunicornGateway, ServiceProcess, make_config, wait_until, write_config
 
 
 def _ok(gw: GunicornGateway, service: str) -> bool:

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from gateway.broker import EmbeddedBroker
-from gateway.testing import GunicornGateway, make_config, metric_value, wait_until, write_config
+from tests.support.harness import GunicornGateway, make_config, metric_value, wait_until, write_config
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

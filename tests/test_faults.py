@@ -1,11 +1,11 @@
 """Fault injection under continuous load (50 clients, every request with a unique token checked against its reply).
 
-Real gunicorn (gevent workers), real broker, the real echo service; the scenarios live in ``gateway.faults``
-(``python -m gateway.faults`` prints the same runs as a table). Half the clients keep their connection alive, half
-open a new one per request (the kill -9 scenario: fresh only). After each run the request topic is read: every
-request's token must be on it exactly once (a stale keep-alive retry never produced a second record). Each
-assertion message is the run's report: per-phase counts, reply-outcome counters, events, and for failed requests
-where their records went.
+Real gunicorn (gevent workers), real broker, the real echo service; the scenarios live in
+``tests.support.scenarios`` (``python -m tests.support.faults`` prints the same runs as a table). Half the clients
+keep their connection alive, half open a new one per request (the kill -9 scenario: fresh only). After each run the
+request topic is read: every request's token must be on it exactly once (a stale keep-alive retry never produced a
+second record). Each assertion message is the run's report: per-phase counts, reply-outcome counters, events, and
+for failed requests where their records went.
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from typing import Iterator
 
 import pytest
 
-from gateway.faults import (
+from tests.support.lab import Lab
+from tests.support.loadgen import FRESH, KEEPALIVE, OK, percentile, summarize
+from tests.support.scenario import Run
+from tests.support.scenarios import (
     FAULTY_TIMEOUT_MS,
-    Lab,
-    Run,
     held_results,
     scenario_broker_restart,
     scenario_hup,
@@ -27,7 +28,6 @@ from gateway.faults import (
     scenario_second_instance,
     scenario_slow_crash,
 )
-from gateway.loadgen import FRESH, KEEPALIVE, OK, percentile, summarize
 
 CLIENTS = 50
 # broker restart -> first 200 / every client and worker serving again. Measured: 6.3 s on a quiet machine; first

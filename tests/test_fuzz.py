@@ -1,6 +1,6 @@
 """Property-based fuzzing (hypothesis) of every entry point of a real gateway (gunicorn, 2 gevent workers) on the
 real broker: raw HTTP requests, websocket frames, and reply records from a service the test plays itself
-(``gateway.testing.ScriptedService`` on ``fuzzraw.requests``).
+(``tests.support.harness.ScriptedService`` on ``fuzzraw.requests``).
 
 Each test states one property and checks it on every example, together with "the worker that served the example
 still serves" (a canary request on the same connection or socket). After each test the health check must hold:
@@ -34,8 +34,8 @@ import websocket
 from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis import strategies as st
 
-from gateway.faults import worker_pids
-from gateway.testing import GunicornGateway, RawHeaderKey, ScriptedService, metric_value, to_toml, wait_until
+from tests.support.harness import GunicornGateway, RawHeaderKey, ScriptedService, metric_value, to_toml, wait_until
+from tests.support.procs import worker_pids
 
 settings.register_profile("fuzz-ci", derandomize=True, database=None, deadline=None, print_blob=True,
                           suppress_health_check=list(HealthCheck))

@@ -32,7 +32,7 @@ from gateway.protocol import (
     H_REPLY_TOPIC,
     reply_headers,
 )
-from gateway.testing import GunicornGateway, make_config, metric_value, wait_until, write_config
+from tests.support.harness import GunicornGateway, make_config, metric_value, wait_until, write_config
 
 BUFFER_BYTES = 256 * 1024        # limits.write_buffer_bytes of this gateway
 # a burst may pass the bound while the client's writer is not blocked: one fetch of its reply partition

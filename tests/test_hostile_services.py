@@ -23,8 +23,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from gateway import protocol as P
 from gateway.config import load_config
-from gateway.responder import Request, Responder
-from gateway.testing import metric_value, wait_until
+from gateway_sdk import Request, Responder
+from tests.support.harness import metric_value, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 NDJSON = {"Accept": "application/x-ndjson"}

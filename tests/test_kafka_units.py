@@ -15,7 +15,7 @@ from gateway.kafka import is_fatal_producer_error, producer_settings
 from gateway.kafka.admin import ZERO_ID, durability, topic_id
 from gateway.kafka.unreadable import batch_end
 from gateway.protocol import decode_reply
-from gateway.responder.runner import split_settings
+from gateway_sdk.runner import split_settings
 
 SERVICES = {"services": {"echo": {"topic": "echo.requests"}}}
 

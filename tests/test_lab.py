@@ -16,8 +16,8 @@ from typing import Callable, Iterator
 import pytest
 
 from gateway.broker import EmbeddedBroker, free_port
-from gateway.loadgen import FRESH, KEEPALIVE, OK, LoadGenerator
-from gateway.testing import ProcessExited, wait_until
+from tests.support.harness import ProcessExited, wait_until
+from tests.support.loadgen import FRESH, KEEPALIVE, OK, LoadGenerator
 
 # what the scripted server does with the n-th request (0-based) on a connection: answer it, or close without a
 # byte, or close after part of the status line

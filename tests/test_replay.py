@@ -1,6 +1,6 @@
 """Issue 7, section 2: after traffic and a long idle period, the SDK has executed every request exactly once.
 
-The service is a ``gateway.responder.Responder`` inside this process, so its executions are counted where they
+The service is a ``gateway_sdk.Responder`` inside this process, so its executions are counted where they
 happen (per request token), not inferred from replies. The traffic has what made the old SDK replay requests:
 multi-record batches on the request topic (a raw producer with ``linger_ms`` packs several requests per batch;
 the embedded broker then reports wrong end offsets, which the old "position past the end = recreated" guess took
@@ -25,8 +25,8 @@ import requests
 from kafka import KafkaConsumer, KafkaProducer
 
 from gateway import protocol as P
-from gateway.responder import Request, Responder
-from gateway.testing import wait_until
+from gateway_sdk import Request, Responder
+from tests.support.harness import wait_until
 
 IDLE_S = 60
 TOPIC = "replay.requests"
@@ -97,7 +97,7 @@ def _raw_batches(bootstrap: str, replay: Replay) -> list[str]:
     reply_topic = f"replay-raw-{uuid.uuid4().hex[:8]}"
     from gateway.config import parse_config
     from gateway.kafka.admin import ensure_topics
-    from gateway.testing import make_config
+    from tests.support.harness import make_config
 
     ensure_topics(parse_config(make_config(bootstrap, {"x": {"topic": TOPIC}})), {reply_topic: 2})
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, batch_size=65536)

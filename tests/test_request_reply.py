@@ -11,7 +11,7 @@ import pytest
 import requests
 from kafka import KafkaConsumer, KafkaProducer
 
-from gateway.testing import metric_value
+from tests.support.harness import metric_value
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -155,7 +155,7 @@ def test_metrics_sum_over_all_workers(gateway):
 def test_only_allow_listed_reply_headers_reach_the_client(gateway, broker):
     """A reply's http-<name> headers are passed on only when http.forward_response_headers lists the name; the
     gateway's own headers (X-Correlation-Id, Server) cannot be overwritten by a service."""
-    from gateway.testing import ScriptedService
+    from tests.support.harness import ScriptedService
 
     listed = {"location": "/things/1", "etag": '"7"', "cache-control": "no-store", "retry-after": "3",
               "last-modified": "Tue, 01 Dec 2026 10:00:00 GMT", "x-request-id": "r-9", "content-language": "de"}

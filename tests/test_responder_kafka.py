@@ -7,8 +7,8 @@ import requests
 
 from gateway.config import parse_config
 from gateway.kafka.admin import ensure_topics
-from gateway.responder import Responder
-from gateway.testing import GunicornGateway, make_config, wait_until, write_config
+from gateway_sdk import Responder
+from tests.support.harness import GunicornGateway, make_config, wait_until, write_config
 
 
 def test_handler_exception_and_deadline_drop(broker, tmp_path, log_dir):

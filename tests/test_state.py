@@ -17,7 +17,7 @@ import requests
 import tomllib
 from kafka import KafkaProducer
 
-from gateway.testing import GunicornGateway, ServiceProcess, metric_value, to_toml, wait_until
+from tests.support.harness import GunicornGateway, ServiceProcess, metric_value, to_toml, wait_until
 
 ANSWER_ON = {"topic": "orders.events", "states": ["VALIDATED", "FAILED"], "id_source": "reply", "id_field": "id",
              "version_field": "version", "timeout_ms": 8000}

@@ -126,7 +126,7 @@ def drip(broker):
     (from the query), each request in a thread of its own, until told to stop."""
     from urllib.parse import parse_qs
 
-    from gateway.testing import ScriptedService
+    from tests.support.harness import ScriptedService
 
     stop = threading.Event()
     sent: dict[str, int] = {}
@@ -172,7 +172,7 @@ def test_stream_timeout_ends_a_stream_that_keeps_going(gateway, drip):
 def test_client_disconnect_mid_stream_releases_the_waiter(gateway, drip):
     """drip: stream_timeout_ms 120000, idle timeout 5000, an item every 100 ms for 120 s: only the client going
     away can release the waiter early. The records that keep coming afterwards are counted late."""
-    from gateway.testing import metric_value, wait_until
+    from tests.support.harness import metric_value, wait_until
 
     late_before = metric_value(gateway.metrics(), "gateway_replies_total", 'outcome="late"')
     host, port = gateway.url.removeprefix("http://").split(":")

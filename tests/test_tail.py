@@ -12,7 +12,7 @@ import sys
 import textwrap
 import uuid
 
-from gateway.testing import ROOT
+from tests.support.harness import ROOT
 
 SCRIPT = textwrap.dedent("""
     from gevent import monkey; monkey.patch_all()
@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     from gateway.config import parse_config
     from gateway.kafka.admin import ensure_topics
     from gateway.kafka.tail import TopicTail
-    from gateway.testing import make_config
+    from tests.support.harness import make_config
 
     bootstrap, topic = sys.argv[1], sys.argv[2]
     config = parse_config(make_config(bootstrap, {"echo": {"topic": "echo.requests"}}))

@@ -10,7 +10,7 @@ import pytest
 from gateway import protocol as P
 from gateway.core.pending import OneShot, Outcome, PendingTable
 from gateway.errors import TooManyInFlight
-from gateway.responder import HTTPError, Responder
+from gateway_sdk import HTTPError, Responder
 
 
 def test_correlation_ids_are_random_and_tagged():

@@ -9,7 +9,7 @@ import pytest
 import requests
 import websocket
 
-from gateway.testing import metric_value, wait_until
+from tests.support.harness import metric_value, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

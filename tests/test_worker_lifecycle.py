@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from gateway.broker import broker_binary, free_port, wait_for_port
-from gateway.testing import GunicornGateway, make_config, wait_until, write_config
+from tests.support.harness import GunicornGateway, make_config, wait_until, write_config
 
 LEAVE_GROUP, PRODUCE, JOIN_GROUP = 13, 0, 11
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kafka.errors import (
-    InvalidProducerEpochError,
-    KafkaError,
-    OutOfOrderSequenceNumberError,
-    ProducerFencedError,
-    UnknownProducerIdError,
-)
+# the producer helpers live in the SDK (one source for the gateway's producers and the services')
+from gateway_sdk.clients import FATAL_PRODUCER_ERRORS, is_fatal_producer_error, producer_settings
+
+__all__ = ["FATAL_PRODUCER_ERRORS", "is_fatal_producer_error", "producer_settings", "stop_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +26,3 @@ def stop_loop(loop: Any, consumer: Any, timeout_ms: int, what: str) -> None:
             consumer.close(autocommit=False, timeout_ms=timeout_ms)
         except Exception:  # noqa: BLE001 - shutting down: say so, do not fail the stop
             log.warning("%s did not close cleanly", what, exc_info=True)
-
-
-def producer_settings(acks: Any, enable_idempotence: bool) -> dict[str, Any]:
-    """Delivery settings of every producer of ours (the gateway's and the SDK's).
-
-    Idempotent: kafka-python's defaults (idempotence on, retries until ``delivery_timeout_ms``), which it turns
-    off by itself, with a warning, on brokers older than 0.11 ("where the broker supports it"). Not idempotent:
-    no retries either, since a retried send whose first attempt was written but not acknowledged writes the
-    record twice (a request executed twice, a reply counted as duplicate); a failed send is an error instead."""
-    if enable_idempotence:
-        return {"acks": acks}
-    return {"acks": acks, "enable_idempotence": False, "retries": 0}
-
-
-FATAL_PRODUCER_ERRORS = (UnknownProducerIdError, OutOfOrderSequenceNumberError, InvalidProducerEpochError,
-                         ProducerFencedError)
-
-
-def is_fatal_producer_error(exc: BaseException) -> bool:
-    """An idempotent producer that no send will succeed with again: its producer id is gone (a broker that lost
-    its state; the embedded broker after any restart), after which kafka-python fails every send with a bare
-    ``KafkaError("Unexpected error in InitProducerIdResponse ...")``. The cure is a new producer."""
-    return isinstance(exc, FATAL_PRODUCER_ERRORS) or type(exc) is KafkaError

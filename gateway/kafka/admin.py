@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from gateway_sdk.clients import ZERO_ID, topic_id  # shared with the SDK's responder (re-exported here)
+
 if TYPE_CHECKING:
     from ..config import Config
 
+__all__ = ["ZERO_ID", "describe_ids", "durability", "ensure_topics", "topic_id", "variant_topic_configs",
+           "variant_topics", "wanted_topics"]
 log = logging.getLogger(__name__)
-
-ZERO_ID = "00000000-0000-0000-0000-000000000000"   # what brokers without KIP-516 answer, if anything
 
 
 def wanted_topics(config: Config, include_services: bool = True) -> dict[str, int]:
@@ -47,12 +49,6 @@ def variant_topics(config: Config) -> dict[str, int]:
 
 def variant_topic_configs(config: Config) -> dict[str, dict[str, str]]:
     return {config.async_requests.results_topic: {"retention.ms": str(config.async_requests.retention_ms)}}
-
-
-def topic_id(desc: dict[str, Any]) -> str | None:
-    """A described topic's id, or None if the broker has none (pre-KIP-516)."""
-    tid = desc.get("topic_id")
-    return None if tid is None or str(tid) == ZERO_ID else str(tid)
 
 
 def durability(config: Config, brokers: int) -> tuple[int, int]:

@@ -13,7 +13,7 @@ flight run to completion:
   (``Greenlet.kill(..., block=False)`` delivers LATER: a greenlet that read a request in between got the Timeout in
   the middle of that request, and its client gunicorn's HTML 500.)
 * **Every response written after the stop began says ``Connection: close``**, and nothing that escapes the app
-  reaches gunicorn's HTML error page (:class:`gateway.safety.SafetyNet`, outermost).
+  reaches gunicorn's HTML error page (:class:`gateway.serve.safety.SafetyNet`, outermost).
 
 What a keep-alive client can still see: its request crossed the close of an idle connection on the wire (EOF or a
 reset before any response byte). Nothing sent on such a connection was processed; retry on a new connection.

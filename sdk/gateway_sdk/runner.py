@@ -42,10 +42,9 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from .. import protocol as P
-from ..kafka import is_fatal_producer_error, producer_settings
-from ..kafka.admin import topic_id
-from ..kafka.unreadable import SkipUnreadable, Unidentified
+from . import protocol as P
+from .clients import is_fatal_producer_error, producer_settings, topic_id
+from .unreadable import SkipUnreadable, Unidentified
 
 if TYPE_CHECKING:
     from .app import Responder

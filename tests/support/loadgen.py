@@ -2,8 +2,8 @@
 
 Every request is ``POST <target><prefix>/<client>/<seq>`` with the JSON body
 ``{"token": "<run>-<client>-<seq>-<hex>"}``. A reply is ``ok`` only when it is a 200 whose JSON carries exactly the
-body and path this request sent (the echo service mirrors both; ``gateway.faulty_service`` too); a 200 with anybody
-else's body is ``mismatched``; everything else (non-200, connection error, client timeout) is ``failed``.
+body and path this request sent (the echo service mirrors both; ``tests.support.faulty_service`` too); a 200 with
+anybody else's body is ``mismatched``; everything else (non-200, connection error, client timeout) is ``failed``.
 
 Two client styles, mixed as you like (client ``i`` uses ``styles[i % len(styles)]``):
 
@@ -12,8 +12,9 @@ Two client styles, mixed as you like (client ``i`` uses ``styles[i % len(styles)
   REUSED connection fails with EOF or a reset before any byte of the response arrived, the request is sent once
   more on a new connection and counted as a ``stale_retry``: a server closing an idle keep-alive connection races
   with the client's next request on the wire, and the retry is safe only because the gateway never processes a
-  request on a connection it closes while idle (``gateway.worker``). The fault suite proves it: every token must be
-  on the request topic exactly once. A failure on a NEW connection, or after a response byte, is never retried.
+  request on a connection it closes while idle (``gateway.serve.worker``). The fault suite proves it: every token
+  must be on the request topic exactly once. A failure on a NEW connection, or after a response byte, is never
+  retried.
 
 Pacing: flat out (closed loop: the next request as soon as the last one is answered), ``rate`` requests/s over
 all clients, or per client (``client_rates``, cycled like the styles: ``None`` is flat out). A paced client keeps
@@ -25,8 +26,11 @@ A connection the target REFUSED (nothing listens: an instance that stopped) carr
 counted (``refused``, with time, phase and target in ``refusals``) and tried again, and never appears as a request.
 Where nothing should refuse (a reload, a scale-down), the fault suite asserts there was none.
 
-Used by ``tests/test_faults.py``, ``tests/test_drain.py`` and ``gateway.faults`` (the fault table). Threads are fine
-for ~50 clients: they spend their time blocked on sockets.
+Used by ``tests/test_faults.py``, ``tests/test_drain.py`` and ``tests.support.scenarios`` (the fault table). Threads
+are fine for ~50 clients: they spend their time blocked on sockets.
+
+Over 300 lines for a reason: the client loop, its connection plumbing (counting sockets, refusals, stale-connection
+retries) and the result bookkeeping are one protocol; split, each part would only make sense with the others open.
 """
 from __future__ import annotations
 

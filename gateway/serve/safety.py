@@ -20,7 +20,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from .errors import GatewayError, NotReady, problem_response
+from ..errors import GatewayError, NotReady, problem_response
 
 if TYPE_CHECKING:
     from types import TracebackType

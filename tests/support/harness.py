@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import requests
 
-from .broker import free_port
+from gateway.broker import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]   # the source tree (tests/support/harness.py)
 
 
 def _toml_value(v: Any) -> str:
@@ -72,11 +72,11 @@ def write_config(path: Path, cfg: dict[str, Any]) -> Path:
 class Process:
     """A subprocess with its output in a log file; stopped with SIGTERM then SIGKILL."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, cwd: Path = ROOT) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     @property
@@ -179,7 +179,7 @@ class GunicornGateway(Process):
 
 
 class ServiceProcess(Process):
-    """An example service (python -m examples.<name>) or any module built on gateway.responder."""
+    """An example service (python -m examples.<name>) or any module built on the SDK (gateway_sdk)."""
 
     def __init__(self, module: str, bootstrap: str, log_dir: Path, **env: str) -> None:
         super().__init__(module.rsplit(".", 1)[-1], [sys.executable, "-m", module], base_env(bootstrap, **env),

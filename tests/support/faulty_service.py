@@ -1,8 +1,8 @@
-"""A service that can be made slow, for fault injection (``gateway.faults``, ``tests/test_faults.py``).
+"""A service that can be made slow, for fault injection (``tests.support.scenarios``, ``tests/test_faults.py``).
 
-    FAULTY_CONTROL=/tmp/ctl.json python -m gateway.faulty_service
+    FAULTY_CONTROL=/tmp/ctl.json python -m tests.support.faulty_service
 
-Replies like the echo example (``{"path", "body"}``, so ``gateway.loadgen`` can check every reply) after sleeping
+Replies like the echo example (``{"path", "body"}``, so ``tests.support.loadgen`` can check every reply) after sleeping
 ``delay_ms`` milliseconds, read per request from the JSON file ``$FAULTY_CONTROL`` (missing file: no delay). While
 a handler sleeps, the file ``$FAULTY_CONTROL.busy`` exists: a test kills the process when it sees it, to crash it
 in the middle of a request.
@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from gateway.responder import Request, Responder
+from gateway_sdk import Request, Responder
 
 svc = Responder("faulty", topic=os.environ.get("FAULTY_TOPIC", "faulty.requests"))
 CONTROL = Path(os.environ.get("FAULTY_CONTROL", "/nonexistent/faulty-control.json"))

@@ -14,7 +14,7 @@ from types import GeneratorType
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qs
 
-from .. import protocol as P
+from . import protocol as P
 
 log = logging.getLogger(__name__)
 Handler = Callable[..., Any]
@@ -103,7 +103,7 @@ class Responder:
     ``request_timeout_ms``, ``max_request_size``, ...), one set for all the service's clients: each client gets
     every setting it knows. *acks* and *enable_idempotence* (``KAFKA_ENABLE_IDEMPOTENCE``, default on) are the
     reply producer's durability; *reply_retry_ms* bounds resending a reply for requests without a deadline;
-    *topic_check_interval_s* is how often the request topic's id is compared (gateway.responder.runner).
+    *topic_check_interval_s* is how often the request topic's id is compared (gateway_sdk.runner).
     """
 
     def __init__(self, name: str, topic: str, bootstrap_servers: str | list[str] | None = None,
@@ -252,7 +252,7 @@ class Responder:
     # -- running ---------------------------------------------------------------------------------------------
     def run(self, install_signal_handlers: bool = True) -> None:
         """Consume until :meth:`stop` (or SIGTERM/SIGINT). Offsets are committed only once every reply of their
-        requests was acknowledged (see :mod:`gateway.responder.runner`)."""
+        requests was acknowledged (see :mod:`gateway_sdk.runner`)."""
         from .runner import Runner
 
         if install_signal_handlers and threading.current_thread() is threading.main_thread():

@@ -1,0 +1,47 @@
+"""Kafka client helpers the SDK and the gateway share: producer delivery settings, the producer errors that need a
+new producer, and topic ids (which tell a re-created topic from the one a reader positioned in; the gateway's
+``gateway.kafka.admin`` explains why)."""
+from __future__ import annotations
+
+from typing import Any
+
+from kafka.errors import (
+    InvalidProducerEpochError,
+    KafkaError,
+    OutOfOrderSequenceNumberError,
+    ProducerFencedError,
+    UnknownProducerIdError,
+)
+
+__all__ = ["FATAL_PRODUCER_ERRORS", "ZERO_ID", "is_fatal_producer_error", "producer_settings", "topic_id"]
+
+ZERO_ID = "00000000-0000-0000-0000-000000000000"   # what brokers without KIP-516 answer, if anything
+
+
+def producer_settings(acks: Any, enable_idempotence: bool) -> dict[str, Any]:
+    """Delivery settings of every producer of ours (the gateway's and the SDK's).
+
+    Idempotent: kafka-python's defaults (idempotence on, retries until ``delivery_timeout_ms``), which it turns
+    off by itself, with a warning, on brokers older than 0.11 ("where the broker supports it"). Not idempotent:
+    no retries either, since a retried send whose first attempt was written but not acknowledged writes the
+    record twice (a request executed twice, a reply counted as duplicate); a failed send is an error instead."""
+    if enable_idempotence:
+        return {"acks": acks}
+    return {"acks": acks, "enable_idempotence": False, "retries": 0}
+
+
+FATAL_PRODUCER_ERRORS = (UnknownProducerIdError, OutOfOrderSequenceNumberError, InvalidProducerEpochError,
+                         ProducerFencedError)
+
+
+def is_fatal_producer_error(exc: BaseException) -> bool:
+    """An idempotent producer that no send will succeed with again: its producer id is gone (a broker that lost
+    its state; the embedded broker after any restart), after which kafka-python fails every send with a bare
+    ``KafkaError("Unexpected error in InitProducerIdResponse ...")``. The cure is a new producer."""
+    return isinstance(exc, FATAL_PRODUCER_ERRORS) or type(exc) is KafkaError
+
+
+def topic_id(desc: dict[str, Any]) -> str | None:
+    """A described topic's id, or None if the broker has none (pre-KIP-516)."""
+    tid = desc.get("topic_id")
+    return None if tid is None or str(tid) == ZERO_ID else str(tid)
