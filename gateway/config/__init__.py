@@ -48,7 +48,10 @@ __all__ = ["AnswerOn", "AsyncSettings", "Config", "ConfigError", "HTTP_METHODS",
            "WebsocketSettings", "apply_env", "config_path", "config_table", "load_config", "parse_config",
            "schema_docs"]
 
+# the source tree's example deployment (an editable install, a run from the repository) ...
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent.parent / "conf" / "gateway.toml"
+# ... else the defaults packaged with the wheel (brokers on localhost:9092, one echo service)
+PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "serve" / "defaults.toml"
 
 
 def _flatten_errors(messages: Any, prefix: str = "") -> list[str]:
@@ -116,8 +119,12 @@ def parse_config(raw: Mapping[str, Any], source: str = "configuration") -> Confi
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path:
+    """The config file: ``GATEWAY_CONFIG``, else the source tree's ``conf/gateway.toml``, else the packaged
+    defaults (a wheel install, run outside any source tree)."""
     env = os.environ if env is None else env
-    return Path(env.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
+    if env.get("GATEWAY_CONFIG"):
+        return Path(env["GATEWAY_CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else PACKAGED_CONFIG
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:

@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 from typing import MutableMapping, NoReturn, Sequence
 
+from gateway.config import PACKAGED_CONFIG  # the packaged defaults (defaults.toml), re-exported here
+
 __all__ = ["GUNICORN_CONFIG", "PACKAGED_CONFIG", "config_in_use", "gunicorn_argv", "serve", "use_packaged_defaults"]
 
-PACKAGED_CONFIG = Path(__file__).resolve().with_name("defaults.toml")
 GUNICORN_CONFIG = "python:gateway.serve.gunicorn_conf"
 APP = "gateway.wsgi:app"
 
@@ -24,12 +25,9 @@ APP = "gateway.wsgi:app"
 def config_in_use(env: MutableMapping[str, str] | None = None) -> Path:
     """The gateway's config file: ``GATEWAY_CONFIG``, else the source tree's ``conf/gateway.toml`` (an editable
     install or a run from the repository), else the packaged defaults (a wheel install)."""
-    from gateway.config import DEFAULT_CONFIG_PATH
+    from gateway.config import config_path
 
-    env = os.environ if env is None else env
-    if env.get("GATEWAY_CONFIG"):
-        return Path(env["GATEWAY_CONFIG"])
-    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else PACKAGED_CONFIG
+    return config_path(env)
 
 
 def use_packaged_defaults(env: MutableMapping[str, str] | None = None) -> Path:

@@ -12,8 +12,11 @@ Do not import kafka (or anything that does) at the top of this file: it runs in 
 and kafka-python captures the unpatched selector at import time. The Kafka side starts in ``post_worker_init``,
 inside each worker, after the gevent worker has patched.
 """
+from __future__ import annotations
+
 import os
 import tempfile
+from typing import Any
 
 from gateway.serve import use_packaged_defaults
 
@@ -40,7 +43,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
 
 
-def on_starting(server):
+def on_starting(server: Any) -> None:
     """Validate the configuration in the master, before any worker forks: a bad config stops the start with a
     message naming the key and the fix, and a non-zero exit code (gateway.config imports no Kafka)."""
     import sys
@@ -55,7 +58,7 @@ def on_starting(server):
         sys.exit(2)
 
 
-def post_worker_init(worker):
+def post_worker_init(worker: Any) -> None:
     """Runs in the worker after gevent patched and the app was loaded: start the Kafka side."""
     import logging
 
@@ -70,7 +73,7 @@ def post_worker_init(worker):
     worker.wsgi.extensions["variants"].wait_ready()
 
 
-def worker_exit(server, worker):
+def worker_exit(server: Any, worker: Any) -> None:
     """After the worker drained its HTTP requests (graceful stop/reload): leave the group, close clients."""
     gw = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("gateway")
     if gw is not None:
@@ -80,7 +83,7 @@ def worker_exit(server, worker):
         variants.stop()
 
 
-def child_exit(server, worker):
+def child_exit(server: Any, worker: Any) -> None:
     from gateway.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid)
