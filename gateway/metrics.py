@@ -39,6 +39,11 @@ OWNED_PARTITIONS = Gauge("gateway_reply_partitions_owned", "Reply partitions ass
                          multiprocess_mode="livesum")
 READING_PARTITIONS = Gauge("gateway_reply_partitions_read", "Reply partitions read (owned + draining)",
                            multiprocess_mode="livesum")
+READERS_FETCHING = Gauge("gateway_reply_readers_fetching",
+                         "Workers whose reply reader is fetching: it fetches only while a request waits for a reply "
+                         "(0 when the gateway is idle)", multiprocess_mode="livesum")
+READER_IDLE = Counter("gateway_reply_reader_idle_total",
+                      "Times a reply reader stopped fetching because no request was waiting for a reply")
 WORKERS_READY = Gauge("gateway_workers_ready", "Live workers that are ready to serve", multiprocess_mode="livesum")
 REBALANCES = Counter("gateway_rebalances_total", "Reply-group assignments received")
 GREENLET_CRASHES = Counter("gateway_greenlet_crashes_total",

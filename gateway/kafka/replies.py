@@ -86,7 +86,8 @@ class GroupMembership(ConsumerRebalanceListener):
             # stalls new workers' first assignment). This member polls every session_timeout_ms, well within it.
             max_poll_interval_ms=2 * k["session_timeout_ms"],
             partition_assignment_strategy=[StickyPartitionAssignor],
-            allow_auto_create_topics=False)  # a broker's default partition count would break key minting
+            allow_auto_create_topics=False,  # a broker's default partition count would break key minting
+            metrics_enabled=False)
         consumer.subscribe([self.topic], listener=self)
         return consumer
 
@@ -180,10 +181,18 @@ class ReplyReader:
         self.rechecked.set()
         self._resize_to: int | None = None
         self._unreadable = SkipUnreadable(config.kafka_client_kwargs(), self._skipped, f"reply reader ({self.topic})")
+        # Idle: while no request waits for a reply, the reader fetches nothing (an idle fetch loop costs the worker
+        # and the broker CPU for nothing). A request registers its waiter before its record is produced, so its
+        # reply cannot exist yet when the reader wakes (pending.on_busy) and fetches on from the kept positions;
+        # whatever landed meanwhile is read then, and counted late or foreign as before.
+        self._wake = Event()
+        self.fetching = False
+        pending.on_busy = self._wake.set
 
     def request_resize(self, num_partitions: int) -> None:
         """The reply topic now has *num_partitions* partitions (applied by the reader greenlet)."""
         self._resize_to = num_partitions
+        self._wake.set()
 
     def check_incarnation(self, topic_id: str | None) -> bool:
         """After a broker outage: *topic_id* is the reply topic's id now. A different id is a new log (see
@@ -199,6 +208,7 @@ class ReplyReader:
         self.topic_id = topic_id
         self.rechecked.clear()
         self._rewind = True
+        self._wake.set()
         return True
 
     def _rewind_all(self) -> None:
@@ -232,7 +242,7 @@ class ReplyReader:
             # New partitions are positioned explicitly (seek_to_end); "earliest" only applies when a position
             # falls off the log (topic recreated): then every record in it is new, and may be a reply we await.
             fetch_max_wait_ms=self.config.kafka["fetch_max_wait_ms"], fetch_min_bytes=1, auto_offset_reset="earliest",
-            max_poll_records=2000, allow_auto_create_topics=False)
+            max_poll_records=2000, allow_auto_create_topics=False, metrics_enabled=False)
 
     def _replace_consumer(self) -> None:
         """The only way out of a consumer kafka-python left spinning on a batch (gateway.kafka.unreadable): a new
@@ -254,6 +264,7 @@ class ReplyReader:
     def set_target(self, owned: set[int]) -> None:
         """New group assignment; the reader greenlet positions new partitions before keys are minted for them."""
         self._target = set(owned)
+        self._wake.set()
 
     def _apply(self) -> None:
         consumer = self._consumer
@@ -324,6 +335,11 @@ class ReplyReader:
                 if not self.reading:
                     gevent.sleep(0.05)
                     continue
+                if not self.pending:
+                    self._idle()
+                    continue
+                if not self.fetching:
+                    self._set_fetching(True)
                 batches = self._unreadable.poll(self._consumer, self.config.reply["poll_interval_ms"])
             except Unidentified as exc:
                 log.error("%s; replacing the reply consumer", exc)
@@ -342,6 +358,25 @@ class ReplyReader:
                         log.exception("reply at %s/%d@%d not handled", record.topic, record.partition,
                                       record.offset)
                         metrics.REPLIES.labels(Outcome.INVALID.value).inc()
+
+    def _set_fetching(self, fetching: bool) -> None:
+        self.fetching = fetching
+        metrics.READERS_FETCHING.inc() if fetching else metrics.READERS_FETCHING.dec()
+        if not fetching:
+            metrics.READER_IDLE.inc()
+
+    def _idle(self) -> None:
+        """Nothing to read for: wait, fetching nothing, until a request registers a waiter (or the assignment,
+        the topic or the stop flag changes; at the latest a second, to apply what only time changes)."""
+        if self.fetching:
+            self._set_fetching(False)
+        self._wake.clear()
+        # no greenlet switch between this check and the wait: whatever changed after _apply() is seen here, and
+        # whatever changes from now on sets the event
+        if self.pending or self._target is not None or self._resize_to is not None or self._rewind \
+                or self._stopping:
+            return
+        self._wake.wait(1.0)
 
     def _dispatch(self, record) -> None:  # noqa: ANN001 - kafka-python ConsumerRecord
         """One reply record to its waiter. Nothing a record holds may end the loop: a record that breaks the wire
@@ -364,5 +399,6 @@ class ReplyReader:
 
     def stop(self, timeout_ms: int = 2000) -> None:
         self._stopping = True
+        self._wake.set()
         stop_loop(self._loop, self._consumer, timeout_ms, "reply reader")
         self._unreadable.close()
