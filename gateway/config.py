@@ -306,8 +306,8 @@ class AsyncSchema(_Strict):
     fetch_max_wait_ms = fields.Integer(load_default=500, validate=validate.Range(min=1, max=5000),
                                        metadata={"doc": "Fetch long-poll wait of the results tail. Kafka answers "
                                                         "as soon as data arrives (500 costs nothing there); brokers "
-                                                        "that do not (the embedded one: 250 in conf/gateway.toml) "
-                                                        "add up to this much latency. Lower costs idle CPU in every "
+                                                        "that do not (the embedded one) add up to half of it to a "
+                                                        "result's visibility. Lower costs idle CPU in every "
                                                         "worker."})
     max_result_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=1024),
                                       metadata={"doc": "Largest result kept (a reply body, or a streamed reply's "
@@ -352,7 +352,7 @@ class StateSchema(_Strict):
                                  metadata={"doc": "Cap on Prefer: wait=<seconds> of a conditional GET."})
     fetch_max_wait_ms = fields.Integer(load_default=500, validate=validate.Range(min=1, max=5000),
                                        metadata={"doc": "Fetch long-poll wait of the events tails (see "
-                                                        "async.fetch_max_wait_ms; 100 in conf/gateway.toml)."})
+                                                        "async.fetch_max_wait_ms; 250 in conf/gateway.toml)."})
 
 
 class GatewaySchema(_Strict):
