@@ -14,9 +14,9 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import requests
 
@@ -70,6 +70,8 @@ class Settings:
     other_limit_pct: float = 25.0   # CPU % of one core that processes not ours may use during a cell
     quiet_wait_s: float = 30.0      # per cell, wait at most this long for the machine to be that quiet
     retries: int = 1                # re-measure a cell that other work disturbed, at most this often
+    # config overrides for the gateway (and the floor, which reads kafka.* from the same config): section -> values
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def cells(self, paths: tuple[str, ...]) -> list[Cell]:
         out = []
@@ -125,6 +127,8 @@ class Bench:
         stack.callback(broker.stop)
         raw = make_config(broker.bootstrap, {"echo": ECHO}, reply={"partitions": reply_partitions},
                           kafka={"fetch_max_wait_ms": self.s.fetch_max_wait_ms})
+        for section, values in self.s.overrides.items():
+            raw.setdefault(section, {}).update(values)
         config = parse_config(raw)
         write_config(self.log_dir / "gateway.toml", raw)
         ensure_topics(config, {**wanted_topics(config), FLOOR_REPLY_TOPIC: reply_partitions,

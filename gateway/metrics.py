@@ -6,6 +6,7 @@ the scrape. Without it (a single process), the default registry is used.
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import time
@@ -39,6 +40,15 @@ OWNED_PARTITIONS = Gauge("gateway_reply_partitions_owned", "Reply partitions ass
                          multiprocess_mode="livesum")
 READING_PARTITIONS = Gauge("gateway_reply_partitions_read", "Reply partitions read (owned + draining)",
                            multiprocess_mode="livesum")
+
+
+@functools.lru_cache(maxsize=None)
+def reply_outcome(outcome: str) -> Counter:
+    """``REPLIES.labels(outcome)``, looked up once: the reader counts every reply record (labels() costs a lock,
+    a validation and a dict lookup each time)."""
+    return REPLIES.labels(outcome)
+
+
 READERS_FETCHING = Gauge("gateway_reply_readers_fetching",
                          "Workers whose reply reader is fetching: it fetches only while a request waits for a reply "
                          "(0 when the gateway is idle)", multiprocess_mode="livesum")

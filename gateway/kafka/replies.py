@@ -175,6 +175,7 @@ class ReplyReader:
         self.borrowed: set[int] = set()          # see start()
         self._borrow_until = 0.0
         self.reading: set[int] = set()
+        self._reported_reading = -1
         self.positioned = Event()                # set once a partition keys are minted for is positioned
         self._rewind = False
         self.rechecked = Event()                 # set when the last incarnation check was applied
@@ -221,7 +222,7 @@ class ReplyReader:
         self.rechecked.set()
 
     def _skipped(self, tp: TopicPartition, first: int, resume: int) -> None:
-        metrics.REPLIES.labels(Outcome.INVALID.value).inc(resume - first)
+        metrics.reply_outcome(Outcome.INVALID.value).inc(resume - first)
 
     def start(self, borrow_ms: int = 0) -> None:
         """With *borrow_ms*, read one random partition right away and mint keys for it until the group assigns
@@ -316,7 +317,9 @@ class ReplyReader:
             consumer.assign([TopicPartition(self.topic, p) for p in sorted(keep)])
             log.info("reply partitions %s drained and released", sorted(dropped))
             self.reading = keep
-        metrics.READING_PARTITIONS.set(len(self.reading))
+        if len(self.reading) != self._reported_reading:      # a gauge write only when it changes
+            self._reported_reading = len(self.reading)
+            metrics.READING_PARTITIONS.set(self._reported_reading)
 
     @property
     def owned(self) -> set[int]:
@@ -357,7 +360,7 @@ class ReplyReader:
                     except Exception:  # noqa: BLE001 - one record must not cost the rest of the batch
                         log.exception("reply at %s/%d@%d not handled", record.topic, record.partition,
                                       record.offset)
-                        metrics.REPLIES.labels(Outcome.INVALID.value).inc()
+                        metrics.reply_outcome(Outcome.INVALID.value).inc()
 
     def _set_fetching(self, fetching: bool) -> None:
         self.fetching = fetching
@@ -390,10 +393,10 @@ class ReplyReader:
             if exc.correlation_id:   # another worker's request stays with that worker (it reads this record too)
                 outcome = self.pending.fail(exc.correlation_id, BadGateway(
                     f"the service's reply breaks the gateway's wire protocol: {exc}"))
-            metrics.REPLIES.labels("foreign" if outcome is Outcome.FOREIGN else Outcome.INVALID.value).inc()
+            metrics.reply_outcome("foreign" if outcome is Outcome.FOREIGN else Outcome.INVALID.value).inc()
             return
         outcome = self.pending.resolve(reply)
-        metrics.REPLIES.labels(outcome.value).inc()
+        metrics.reply_outcome(outcome.value).inc()
         if outcome is Outcome.LATE or outcome is Outcome.DUPLICATE:
             log.info("%s reply for %s dropped", outcome.value, reply.correlation_id.hex())
 
