@@ -181,8 +181,12 @@ class Bench:
         stack.callback(gw.stop)
         gw.wait_ready(60)
         n = config.reply["partitions"]
-        # every worker minting on and reading only its own partitions (no borrowed one left): ppr per worker
-        wait_until(lambda: _settled(gw.metrics(), n), 60, 0.2, f"gateway workers owning and reading {n} partitions")
+        k = config.reply["mint_partitions"]
+        read = self.s.workers * min(k, ppr) if k else n
+        # every worker minting on and reading only its own partitions (no borrowed one left): ppr per worker (or
+        # reply.mint_partitions of them)
+        wait_until(lambda: _settled(gw.metrics(), n, read), 60, 0.2,
+                   f"gateway workers owning {n} partitions and reading {read}")
         self._wait_answering(gw.url + PATH, gw)
         return gw, config, echo
 
@@ -263,9 +267,9 @@ class Bench:
         return result
 
 
-def _settled(metrics: str, partitions: int) -> bool:
+def _settled(metrics: str, partitions: int, read: int) -> bool:
     return (metric_value(metrics, "gateway_reply_partitions_owned") == partitions
-            and metric_value(metrics, "gateway_reply_partitions_read") == partitions)
+            and metric_value(metrics, "gateway_reply_partitions_read") == read)
 
 
 def _brief(r: CellResult) -> str:

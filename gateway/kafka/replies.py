@@ -289,7 +289,7 @@ class ReplyReader:
             log.error("no reply partition assigned within reply.startup_wait_ms: this worker reports not-ready "
                       "and keeps minting on borrowed partition %s. Does the reply topic have a partition for "
                       "every gateway worker of every instance?", sorted(self.borrowed))
-        mint = self._owned or self.borrowed
+        mint = self._mint_set(self._owned or self.borrowed)
         # 1. grow: read and position the new partitions. position() does IO, so other greenlets run meanwhile
         #    and keep minting on the current set; nothing is released in this step, so all of it stays read.
         added = mint - self.reading
@@ -320,6 +320,17 @@ class ReplyReader:
         if len(self.reading) != self._reported_reading:      # a gauge write only when it changes
             self._reported_reading = len(self.reading)
             metrics.READING_PARTITIONS.set(self._reported_reading)
+
+    def _mint_set(self, candidates: set[int]) -> set[int]:
+        """The partitions to mint keys on, of those this worker may mint on: all of them, or with
+        ``reply.mint_partitions`` = k only k (those minted on already first, so the choice is stable). Fewer
+        partitions read means less work per fetch (kafka-python decodes every partition of a fetch response; the
+        embedded broker scans every partition it is asked for); the others stay owned and unread."""
+        k = self.config.reply["mint_partitions"]
+        if not k or len(candidates) <= k:
+            return set(candidates)
+        current = [p for p in self.router.owned if p in candidates][:k]
+        return set(current + sorted(candidates - set(current))[:k - len(current)])
 
     @property
     def owned(self) -> set[int]:
