@@ -135,17 +135,19 @@ class ReplySchema(_Strict):
                                                  "of all instances, or some worker owns none and stays not-ready."})
     group_id = fields.String(load_default="kafka-rest-gateway", validate=validate.Length(min=1),
                              metadata={"doc": "Consumer group of the gateway workers on the reply topic."})
-    poll_interval_ms = fields.Integer(load_default=5, validate=validate.Range(min=1, max=1000),
-                                      metadata={"doc": "Longest a reply reader's poll blocks. Under gevent, "
-                                                       "kafka-python's poll does not always wake when a fetch "
-                                                       "completes: a short poll bounds the added reply latency "
-                                                       "(measured: 100 ms poll -> 106 ms p50, 5 ms -> 22 ms)."})
+    poll_interval_ms = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000),
+                                      metadata={"doc": "Longest a reply reader's poll blocks before it looks at "
+                                                       "its assignment and the pending table again. kafka-python 3 "
+                                                       "returns from a poll as soon as a fetch brings records, so "
+                                                       "this adds no reply latency; shorter costs CPU while requests "
+                                                       "wait (each poll is two hand-offs to kafka-python's IO "
+                                                       "loop)."})
     mint_partitions = fields.Integer(
-        load_default=0, validate=validate.Range(min=0),
+        load_default=2, validate=validate.Range(min=0),
         metadata={"doc": "Reply partitions each worker mints reply keys on (and so reads), of those it owns; 0: "
-                         "all it owns. Fewer cost less CPU per fetch in the worker and the broker; on the embedded "
-                         "broker, whose fetches slow down with the batches stored in a partition, more keep it fast "
-                         "for longer."})
+                         "all it owns. Fewer cost less CPU per fetch in the worker and the broker (every partition "
+                         "of a fetch is encoded, answered and decoded). The embedded broker's fetches slow down with "
+                         "the batches stored in a partition: 0 there (conf/gateway.toml) keeps it fast for longer."})
     startup_wait_ms = fields.Integer(load_default=20000, validate=validate.Range(min=0),
                                      metadata={"doc": "How long a starting worker waits to own a reply partition "
                                                       "before it starts serving anyway (and reports not-ready)."})

@@ -54,6 +54,9 @@ def make_config(bootstrap: str, services: dict[str, dict[str, Any]], **sections:
                   "max_block_ms": 2000, "fetch_max_wait_ms": 10},   # the embedded broker's (conf/gateway.toml)
         "reply": {"topic": f"replies-{suffix}", "partitions": 16, "group_id": f"gw-{suffix}",
                   "startup_wait_ms": 20000,
+                  # the embedded broker's fetches slow down with the batches in a partition: spread the replies
+                  # over every owned partition (conf/gateway.toml does the same)
+                  "mint_partitions": 0,
                   # the embedded broker mishandles LeaveGroup during a rebalance: the group never converged after
                   # a reload (README, "The reply group after scaling and reloads")
                   "leave_group_on_stop": False},
