@@ -4,6 +4,7 @@ markdown, JSON and a PNG plot under bench/results/."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -45,12 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-duration", type=float, default=20.0, help="idle: measured seconds (20)")
     parser.add_argument("--idle-settle", type=float, default=10.0,
                         help="idle: seconds between `./dev run` serving and the measurement (10)")
+    parser.add_argument("--gateway-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a gateway config value for the cells (e.g. reply.poll_interval_ms=100); repeatable")
     parser.add_argument("--out-dir", type=Path, default=RESULTS,
                         help=f"where latest.md, latest.json and latest.png go (default {RESULTS})")
     args = parser.parse_args(argv)
     only = ["idle"] if args.idle else [p for p in ALL if p in args.only.split(",")]
+    overrides: dict[str, dict[str, object]] = {}
+    for item in args.gateway_set:
+        name, _, value = item.partition("=")
+        section, _, key = name.partition(".")
+        overrides.setdefault(section, {})[key] = json.loads(value) if value[:1] in "0123456789-[{tf\"" else value
     settings = Settings(duration_s=args.duration, warmup_s=args.warmup, clients=args.clients, ppr=args.ppr,
-                        quiet_wait_s=args.quiet_wait, retries=args.retries)
+                        quiet_wait_s=args.quiet_wait, retries=args.retries, overrides=overrides)
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.ERROR)  # the floor's "task ran for 0.1 s" on a busy machine
@@ -76,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{settings.workers} gevent workers, reply topic of {settings.workers} × ppr partitions; baseline and "
              f"floor: one process reading a reply topic of ppr partitions; fetch wait {settings.fetch_max_wait_ms} ms "
              f"everywhere; wrk -t{settings.wrk_threads}, keep-alive, GET {PATH}; "
+             + "".join(f"gateway config {a}; " for a in args.gateway_set) +
              f"run took {time.monotonic() - began:.0f} s")
     text = markdown(results, idle, setup, settings.other_limit_pct)
     print("\n" + text)

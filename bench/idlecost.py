@@ -5,7 +5,7 @@ For each fetch_max_wait_ms (default 10, 100, 500) and each loop shape, on a fres
 polling; CPU of the consumer and of the broker over --duration s, from /proc. Shapes:
 
 * ``consumer.poll(timeout_ms=200)`` (a service's loop) or ``poll(timeout_ms=5)`` (the gateway reply reader's,
-  ``reply.poll_interval_ms`` = 5);
+  ``reply.poll_interval_ms`` before its default became 100);
 * in a plain thread, or under gevent's monkey patching as in a gunicorn worker.
 
 Also the broker alone (no client), for reference.

@@ -14,9 +14,9 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import requests
 
@@ -70,6 +70,8 @@ class Settings:
     other_limit_pct: float = 25.0   # CPU % of one core that processes not ours may use during a cell
     quiet_wait_s: float = 30.0      # per cell, wait at most this long for the machine to be that quiet
     retries: int = 1                # re-measure a cell that other work disturbed, at most this often
+    # config overrides for the gateway (and the floor, which reads kafka.* from the same config): section -> values
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def cells(self, paths: tuple[str, ...]) -> list[Cell]:
         out = []
@@ -125,6 +127,11 @@ class Bench:
         stack.callback(broker.stop)
         raw = make_config(broker.bootstrap, {"echo": ECHO}, reply={"partitions": reply_partitions},
                           kafka={"fetch_max_wait_ms": self.s.fetch_max_wait_ms})
+        # every cell is on a fresh broker: the shipped default applies (the tests' config spreads replies over
+        # every owned partition for the suite's long-lived broker)
+        raw["reply"].pop("mint_partitions", None)
+        for section, values in self.s.overrides.items():
+            raw.setdefault(section, {}).update(values)
         config = parse_config(raw)
         write_config(self.log_dir / "gateway.toml", raw)
         ensure_topics(config, {**wanted_topics(config), FLOOR_REPLY_TOPIC: reply_partitions,
@@ -177,8 +184,12 @@ class Bench:
         stack.callback(gw.stop)
         gw.wait_ready(60)
         n = config.reply.partitions
-        # every worker minting on and reading only its own partitions (no borrowed one left): ppr per worker
-        wait_until(lambda: _settled(gw.metrics(), n), 60, 0.2, f"gateway workers owning and reading {n} partitions")
+        k = config.reply.mint_partitions
+        read = self.s.workers * min(k, ppr) if k else n
+        # every worker minting on and reading only its own partitions (no borrowed one left): ppr per worker (or
+        # reply.mint_partitions of them)
+        wait_until(lambda: _settled(gw.metrics(), n, read), 60, 0.2,
+                   f"gateway workers owning {n} partitions and reading {read}")
         self._wait_answering(gw.url + PATH, gw)
         return gw, config, echo
 
@@ -259,9 +270,9 @@ class Bench:
         return result
 
 
-def _settled(metrics: str, partitions: int) -> bool:
+def _settled(metrics: str, partitions: int, read: int) -> bool:
     return (metric_value(metrics, "gateway_reply_partitions_owned") == partitions
-            and metric_value(metrics, "gateway_reply_partitions_read") == partitions)
+            and metric_value(metrics, "gateway_reply_partitions_read") == read)
 
 
 def _brief(r: CellResult) -> str:

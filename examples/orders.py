@@ -66,7 +66,8 @@ def follow_events(stop: threading.Event) -> None:
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(EVENTS_TOPIC, bootstrap_servers=svc.bootstrap_servers, group_id=None,
-                             auto_offset_reset="latest", fetch_max_wait_ms=10)
+                             auto_offset_reset="latest", fetch_max_wait_ms=svc.fetch_max_wait_ms,
+                             metrics_enabled=False)
     try:
         while not stop.is_set():
             for records in consumer.poll(timeout_ms=200).values():

@@ -40,9 +40,11 @@ def run(stop: threading.Event, ready: threading.Event | None = None) -> None:
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092").split(",")
     session_ms = int(os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "10000"))
     consumer = KafkaConsumer(EVENTS_TOPIC, bootstrap_servers=servers, group_id="orders-validator",
-                             enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=10,
+                             enable_auto_commit=False, auto_offset_reset="earliest", metrics_enabled=False,
+                             fetch_max_wait_ms=int(os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", "500")),
                              session_timeout_ms=session_ms, heartbeat_interval_ms=max(100, session_ms // 3))
-    producer = KafkaProducer(bootstrap_servers=servers, linger_ms=0, acks=1, enable_idempotence=False)
+    producer = KafkaProducer(bootstrap_servers=servers, linger_ms=0, acks=1, enable_idempotence=False,
+                             metrics_enabled=False)
     handled = 0
     unassigned_since = time.monotonic()
     try:

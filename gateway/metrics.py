@@ -6,6 +6,7 @@ the scrape. Without it (a single process), the default registry is used.
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import time
@@ -39,6 +40,20 @@ OWNED_PARTITIONS = Gauge("gateway_reply_partitions_owned", "Reply partitions ass
                          multiprocess_mode="livesum")
 READING_PARTITIONS = Gauge("gateway_reply_partitions_read", "Reply partitions read (owned + draining)",
                            multiprocess_mode="livesum")
+
+
+@functools.lru_cache(maxsize=None)
+def reply_outcome(outcome: str) -> Counter:
+    """``REPLIES.labels(outcome)``, looked up once: the reader counts every reply record (labels() costs a lock,
+    a validation and a dict lookup each time)."""
+    return REPLIES.labels(outcome)
+
+
+READERS_FETCHING = Gauge("gateway_reply_readers_fetching",
+                         "Workers whose reply reader is fetching: it fetches only while a request waits for a reply "
+                         "(0 when the gateway is idle)", multiprocess_mode="livesum")
+READER_IDLE = Counter("gateway_reply_reader_idle_total",
+                      "Times a reply reader stopped fetching because no request was waiting for a reply")
 WORKERS_READY = Gauge("gateway_workers_ready", "Live workers that are ready to serve", multiprocess_mode="livesum")
 REBALANCES = Counter("gateway_rebalances_total", "Reply-group assignments received")
 GREENLET_CRASHES = Counter("gateway_greenlet_crashes_total",

@@ -5,6 +5,7 @@ things (faults, restarts) start their own.
 """
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from pathlib import Path
@@ -15,6 +16,10 @@ import pytest
 from gateway.broker import EmbeddedBroker
 from gateway.config import parse_config
 from tests.support.harness import GunicornGateway, ServiceProcess, make_config, metric_value, wait_until, write_config
+
+# services started by the tests (in-process or not) use the embedded broker's fetch wait; the SDK's default (500)
+# is Apache Kafka's, which answers a fetch as soon as data arrives (the embedded broker only at half the wait)
+os.environ.setdefault("KAFKA_FETCH_MAX_WAIT_MS", "10")
 
 EXAMPLES = ("orders", "customers", "basket", "echo", "ticker")
 SESSION_SERVICES = {

@@ -11,7 +11,7 @@ import pytest
 import requests
 from kafka import KafkaConsumer, KafkaProducer
 
-from tests.support.harness import metric_value
+from tests.support.harness import metric_value, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -100,6 +100,53 @@ def foreign_services(gateway, broker) -> Iterator[None]:
     stop.set()
     for t in threads:
         t.join(10)
+
+
+def test_an_idle_reader_fetches_nothing_and_the_next_requests_wake_it(gateway):
+    """While no request waits for a reply, no worker's reply reader fetches (an idle fetch loop costs the worker
+    and the broker CPU). A request registers its waiter before its record is produced, and that wakes the reader:
+    requests right after an idle period, alone or together, each get their own reply, none is lost, and the readers
+    stop fetching again once they are answered."""
+    import http.client
+    from urllib.parse import urlparse
+
+    host = urlparse(gateway.url)
+
+    def idle() -> bool:
+        return metric_value(gateway.metrics(), "gateway_reply_readers_fetching") == 0
+
+    def ask(i: int, results: list) -> None:
+        token = f"{i}-{uuid.uuid4().hex}"
+        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)   # fresh: any worker
+        try:
+            conn.request("POST", f"/echo/idle/{i}", body=json.dumps({"token": token}),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            body = resp.read()
+            results[i] = resp.status == 200 and json.loads(json.loads(body)["body"]) == {"token": token}
+        finally:
+            conn.close()
+
+    before = gateway.metrics()
+    sent = 0
+    for burst in (1, 1, 2, 16, 1):
+        wait_until(idle, 30, 0.05, "every reply reader stopped fetching")
+        results: list[bool | None] = [None] * burst
+        threads = [threading.Thread(target=ask, args=(i, results)) for i in range(burst)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(40)
+        assert results == [True] * burst
+        sent += burst
+    wait_until(idle, 30, 0.05, "every reply reader stopped fetching again")
+    after = gateway.metrics()
+    delivered = metric_value(after, "gateway_replies_total", 'outcome="delivered"') - \
+        metric_value(before, "gateway_replies_total", 'outcome="delivered"')
+    assert delivered == sent
+    # each burst ended with the readers that served it going idle again
+    assert metric_value(after, "gateway_reply_reader_idle_total") - \
+        metric_value(before, "gateway_reply_reader_idle_total") >= 5
 
 
 def test_spring_style_reply_by_partition_with_only_kafka_headers(gateway, foreign_services):

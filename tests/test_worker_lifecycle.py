@@ -234,3 +234,37 @@ def test_requests_the_broker_had_not_acknowledged_fail_at_once_when_it_goes_away
     finally:
         gw.stop()              # while the broker is away: the worker does not wait for it to say goodbye
         proxy.heal()
+
+
+def test_workers_mint_on_and_read_only_reply_mint_partitions_of_those_they_own(proxied_broker, tmp_path, log_dir):
+    """reply.mint_partitions = 1 of 8 reply partitions, 2 workers: each worker owns 4 and mints on, and reads, 1
+    of them (a fetch reads fewer partitions); every request is answered, each worker's from a partition it owns."""
+    from gateway.testing import ServiceProcess
+
+    bootstrap, _ = proxied_broker
+    _, path = _config(bootstrap, tmp_path, reply={"partitions": 8, "mint_partitions": 1})
+    svc = ServiceProcess("examples.echo", bootstrap, log_dir, ECHO_TOPIC="hold.requests",
+                         SERVICE_GROUP_ID="mint-echo")
+    gw = GunicornGateway(path, bootstrap, log_dir, workers=2)
+    try:
+        gw.wait_ready(90)
+
+        def settled() -> dict[str, dict]:
+            bodies = {w: body for w, (status, body) in _readyz_by_worker(gw).items() if status == 200}
+            ok = len(bodies) == 2 and all(len(b["owned_partitions"]) == 4 and len(b["minting_partitions"]) == 1
+                                          and b["read_partitions"] == b["minting_partitions"]
+                                          and set(b["minting_partitions"]) <= set(b["owned_partitions"])
+                                          for b in bodies.values())
+            return bodies if ok else {}
+
+        bodies = wait_until(settled, 90, 0.2, "each worker owning 4 partitions, minting on and reading 1")
+        assert len({p for b in bodies.values() for p in b["owned_partitions"]}) == 8
+        wait_until(lambda: requests.get(gw.url + "/hold/ping", timeout=10).status_code == 200, 60, 0.2,
+                   "the echo service answering")
+        statuses = [requests.get(gw.url + f"/hold/{i}", headers={"Connection": "close"}, timeout=30).status_code
+                    for i in range(40)]
+        assert statuses == [200] * 40
+        assert settled(), "minting or reading spread beyond reply.mint_partitions"
+    finally:
+        gw.stop()
+        svc.stop()

@@ -58,9 +58,13 @@ class KafkaSchema(_Strict):
                                         metadata={"doc": "Reply-consumer group session timeout."})
     heartbeat_interval_ms = fields.Integer(load_default=3000, validate=validate.Range(min=100),
                                            metadata={"doc": "Group heartbeat interval; below session_timeout_ms/2."})
-    fetch_max_wait_ms = fields.Integer(load_default=10, validate=validate.Range(min=1, max=5000),
-                                       metadata={"doc": "Fetch long-poll wait: bounds reply latency on brokers that "
-                                                        "do not wake waiting fetches."})
+    fetch_max_wait_ms = fields.Integer(load_default=500, validate=validate.Range(min=1, max=5000),
+                                       metadata={"doc": "Fetch long-poll wait of the reply reader (which fetches "
+                                                        "only while requests wait for replies). 500 suits Apache "
+                                                        "Kafka, which answers a fetch as soon as data arrives. The "
+                                                        "embedded broker does not (it re-checks at half the wait): "
+                                                        "10 there (conf/gateway.toml), or replies wait up to this "
+                                                        "long."})
     request_timeout_ms = fields.Integer(load_default=5000, validate=validate.Range(min=100),
                                         metadata={"doc": "Kafka request timeout."})
     max_block_ms = fields.Integer(load_default=2000, validate=validate.Range(min=0),
@@ -131,11 +135,19 @@ class ReplySchema(_Strict):
                                                  "of all instances, or some worker owns none and stays not-ready."})
     group_id = fields.String(load_default="kafka-rest-gateway", validate=validate.Length(min=1),
                              metadata={"doc": "Consumer group of the gateway workers on the reply topic."})
-    poll_interval_ms = fields.Integer(load_default=5, validate=validate.Range(min=1, max=1000),
-                                      metadata={"doc": "Longest a reply reader's poll blocks. Under gevent, "
-                                                       "kafka-python's poll does not always wake when a fetch "
-                                                       "completes: a short poll bounds the added reply latency "
-                                                       "(measured: 100 ms poll -> 106 ms p50, 5 ms -> 22 ms)."})
+    poll_interval_ms = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000),
+                                      metadata={"doc": "Longest a reply reader's poll blocks before it looks at "
+                                                       "its assignment and the pending table again. kafka-python 3 "
+                                                       "returns from a poll as soon as a fetch brings records, so "
+                                                       "this adds no reply latency; shorter costs CPU while requests "
+                                                       "wait (each poll is two hand-offs to kafka-python's IO "
+                                                       "loop)."})
+    mint_partitions = fields.Integer(
+        load_default=2, validate=validate.Range(min=0),
+        metadata={"doc": "Reply partitions each worker mints reply keys on (and so reads), of those it owns; 0: "
+                         "all it owns. Fewer cost less CPU per fetch in the worker and the broker (every partition "
+                         "of a fetch is encoded, answered and decoded). The embedded broker's fetches slow down with "
+                         "the batches stored in a partition: 0 there (conf/gateway.toml) keeps it fast for longer."})
     startup_wait_ms = fields.Integer(load_default=20000, validate=validate.Range(min=0),
                                      metadata={"doc": "How long a starting worker waits to own a reply partition "
                                                       "before it starts serving anyway (and reports not-ready)."})
@@ -307,10 +319,12 @@ class AsyncSchema(_Strict):
                                                          "404 or 504 a worker reads the id's results partition up "
                                                          "to its end, so no worker answers older news than another "
                                                          "already did. Past the bound it answers from what it has."})
-    fetch_max_wait_ms = fields.Integer(load_default=250, validate=validate.Range(min=1, max=5000),
+    fetch_max_wait_ms = fields.Integer(load_default=500, validate=validate.Range(min=1, max=5000),
                                        metadata={"doc": "Fetch long-poll wait of the results tail. Kafka answers "
-                                                        "as soon as data arrives; brokers that do not (Tansu) add up "
-                                                        "to this much latency. Lower costs idle CPU in every worker."})
+                                                        "as soon as data arrives (500 costs nothing there); brokers "
+                                                        "that do not (the embedded one) add up to half of it to a "
+                                                        "result's visibility. Lower costs idle CPU in every "
+                                                        "worker."})
     max_result_bytes = fields.Integer(load_default=1024 * 1024, validate=validate.Range(min=1024),
                                       metadata={"doc": "Largest result kept (a reply body, or a streamed reply's "
                                                        "items gathered into one NDJSON body); a larger one is "
@@ -356,9 +370,9 @@ class StateSchema(_Strict):
                                   metadata={"doc": "Entities whose latest event each worker remembers."})
     max_wait_ms = fields.Integer(load_default=60000, validate=validate.Range(min=0),
                                  metadata={"doc": "Cap on Prefer: wait=<seconds> of a conditional GET."})
-    fetch_max_wait_ms = fields.Integer(load_default=100, validate=validate.Range(min=1, max=5000),
+    fetch_max_wait_ms = fields.Integer(load_default=500, validate=validate.Range(min=1, max=5000),
                                        metadata={"doc": "Fetch long-poll wait of the events tails (see "
-                                                        "async.fetch_max_wait_ms)."})
+                                                        "async.fetch_max_wait_ms; 250 in conf/gateway.toml)."})
 
 
 class GatewaySchema(_Strict):

@@ -44,6 +44,7 @@ class ReplySettings:
     partitions: int
     group_id: str
     poll_interval_ms: int
+    mint_partitions: int
     startup_wait_ms: int
     leave_group_on_stop: bool
 

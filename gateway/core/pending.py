@@ -97,6 +97,9 @@ class PendingTable:
         self._per_partition: collections.Counter[int] = collections.Counter()
         self._finished: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._remember = remember
+        # called when a waiter is registered into an empty table: the reply reader fetches nothing while the
+        # table is empty (gateway.kafka.replies) and resumes here, before the request's record is produced
+        self.on_busy: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -111,6 +114,8 @@ class PendingTable:
         self._waiters[waiter.correlation_id] = waiter
         self._per_partition[waiter.partition] += 1
         metrics.PENDING.set(len(self._waiters))
+        if len(self._waiters) == 1 and self.on_busy is not None:
+            self.on_busy()
 
     def remove(self, correlation_id: bytes, answered: bool = False) -> Waiter | None:
         """Drop an entry (answered, timed out or abandoned). Only answered ids are remembered, so that a second

@@ -5,9 +5,9 @@ import logging
 from typing import Any
 
 # the producer helpers live in the SDK (one source for the gateway's producers and the services')
-from gateway_sdk.clients import FATAL_PRODUCER_ERRORS, is_fatal_producer_error, producer_settings
+from gateway_sdk.clients import CLIENT_SETTINGS, FATAL_PRODUCER_ERRORS, is_fatal_producer_error, producer_settings
 
-__all__ = ["FATAL_PRODUCER_ERRORS", "is_fatal_producer_error", "producer_settings", "stop_loop"]
+__all__ = ["CLIENT_SETTINGS", "FATAL_PRODUCER_ERRORS", "is_fatal_producer_error", "producer_settings", "stop_loop"]
 
 log = logging.getLogger(__name__)
 

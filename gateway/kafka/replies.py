@@ -87,7 +87,8 @@ class GroupMembership(ConsumerRebalanceListener):
             # stalls new workers' first assignment). This member polls every session_timeout_ms, well within it.
             max_poll_interval_ms=2 * k.session_timeout_ms,
             partition_assignment_strategy=[StickyPartitionAssignor],
-            allow_auto_create_topics=False)  # a broker's default partition count would break key minting
+            allow_auto_create_topics=False,  # a broker's default partition count would break key minting
+            metrics_enabled=False)
         consumer.subscribe([self.topic], listener=self)
         return consumer
 
@@ -174,16 +175,25 @@ class ReplyReader:
         self.borrowed: set[int] = set()          # see start()
         self._borrow_until = 0.0
         self.reading: set[int] = set()
+        self._reported_reading = -1
         self.positioned = Event()                # set once a partition keys are minted for is positioned
         self._rewind = False
         self.rechecked = Event()                 # set when the last incarnation check was applied
         self.rechecked.set()
         self._resize_to: int | None = None
         self._unreadable = SkipUnreadable(config.kafka_client_kwargs(), self._skipped, f"reply reader ({self.topic})")
+        # Idle: while no request waits for a reply, the reader fetches nothing (an idle fetch loop costs the worker
+        # and the broker CPU for nothing). A request registers its waiter before its record is produced, so its
+        # reply cannot exist yet when the reader wakes (pending.on_busy) and fetches on from the kept positions;
+        # whatever landed meanwhile is read then, and counted late or foreign as before.
+        self._wake = Event()
+        self.fetching = False
+        pending.on_busy = self._wake.set
 
     def request_resize(self, num_partitions: int) -> None:
         """The reply topic now has *num_partitions* partitions (applied by the reader greenlet)."""
         self._resize_to = num_partitions
+        self._wake.set()
 
     def check_incarnation(self, topic_id: str | None) -> bool:
         """After a broker outage: *topic_id* is the reply topic's id now. A different id is a new log (see
@@ -199,6 +209,7 @@ class ReplyReader:
         self.topic_id = topic_id
         self.rechecked.clear()
         self._rewind = True
+        self._wake.set()
         return True
 
     def _rewind_all(self) -> None:
@@ -211,7 +222,7 @@ class ReplyReader:
         self.rechecked.set()
 
     def _skipped(self, tp: TopicPartition, first: int, resume: int) -> None:
-        metrics.REPLIES.labels(Outcome.INVALID.value).inc(resume - first)
+        metrics.reply_outcome(Outcome.INVALID.value).inc(resume - first)
 
     def start(self, borrow_ms: int = 0) -> None:
         """With *borrow_ms*, read one random partition right away and mint keys for it until the group assigns
@@ -232,7 +243,7 @@ class ReplyReader:
             # New partitions are positioned explicitly (seek_to_end); "earliest" only applies when a position
             # falls off the log (topic recreated): then every record in it is new, and may be a reply we await.
             fetch_max_wait_ms=self.config.kafka.fetch_max_wait_ms, fetch_min_bytes=1, auto_offset_reset="earliest",
-            max_poll_records=2000, allow_auto_create_topics=False)
+            max_poll_records=2000, allow_auto_create_topics=False, metrics_enabled=False)
 
     def _replace_consumer(self) -> None:
         """The only way out of a consumer kafka-python left spinning on a batch (gateway.kafka.unreadable): a new
@@ -254,6 +265,7 @@ class ReplyReader:
     def set_target(self, owned: set[int]) -> None:
         """New group assignment; the reader greenlet positions new partitions before keys are minted for them."""
         self._target = set(owned)
+        self._wake.set()
 
     def _apply(self) -> None:
         consumer = self._consumer
@@ -277,7 +289,7 @@ class ReplyReader:
             log.error("no reply partition assigned within reply.startup_wait_ms: this worker reports not-ready "
                       "and keeps minting on borrowed partition %s. Does the reply topic have a partition for "
                       "every gateway worker of every instance?", sorted(self.borrowed))
-        mint = self._owned or self.borrowed
+        mint = self._mint_set(self._owned or self.borrowed)
         # 1. grow: read and position the new partitions. position() does IO, so other greenlets run meanwhile
         #    and keep minting on the current set; nothing is released in this step, so all of it stays read.
         added = mint - self.reading
@@ -305,7 +317,20 @@ class ReplyReader:
             consumer.assign([TopicPartition(self.topic, p) for p in sorted(keep)])
             log.info("reply partitions %s drained and released", sorted(dropped))
             self.reading = keep
-        metrics.READING_PARTITIONS.set(len(self.reading))
+        if len(self.reading) != self._reported_reading:      # a gauge write only when it changes
+            self._reported_reading = len(self.reading)
+            metrics.READING_PARTITIONS.set(self._reported_reading)
+
+    def _mint_set(self, candidates: set[int]) -> set[int]:
+        """The partitions to mint keys on, of those this worker may mint on: all of them, or with
+        ``reply.mint_partitions`` = k only k (those minted on already first, so the choice is stable). Fewer
+        partitions read means less work per fetch (kafka-python decodes every partition of a fetch response; the
+        embedded broker scans every partition it is asked for); the others stay owned and unread."""
+        k = self.config.reply.mint_partitions
+        if not k or len(candidates) <= k:
+            return set(candidates)
+        current = [p for p in self.router.owned if p in candidates][:k]
+        return set(current + sorted(candidates - set(current))[:k - len(current)])
 
     @property
     def owned(self) -> set[int]:
@@ -324,6 +349,11 @@ class ReplyReader:
                 if not self.reading:
                     gevent.sleep(0.05)
                     continue
+                if not self.pending:
+                    self._idle()
+                    continue
+                if not self.fetching:
+                    self._set_fetching(True)
                 batches = self._unreadable.poll(self._consumer, self.config.reply.poll_interval_ms)
             except Unidentified as exc:
                 log.error("%s; replacing the reply consumer", exc)
@@ -341,7 +371,26 @@ class ReplyReader:
                     except Exception:  # noqa: BLE001 - one record must not cost the rest of the batch
                         log.exception("reply at %s/%d@%d not handled", record.topic, record.partition,
                                       record.offset)
-                        metrics.REPLIES.labels(Outcome.INVALID.value).inc()
+                        metrics.reply_outcome(Outcome.INVALID.value).inc()
+
+    def _set_fetching(self, fetching: bool) -> None:
+        self.fetching = fetching
+        metrics.READERS_FETCHING.inc() if fetching else metrics.READERS_FETCHING.dec()
+        if not fetching:
+            metrics.READER_IDLE.inc()
+
+    def _idle(self) -> None:
+        """Nothing to read for: wait, fetching nothing, until a request registers a waiter (or the assignment,
+        the topic or the stop flag changes; at the latest a second, to apply what only time changes)."""
+        if self.fetching:
+            self._set_fetching(False)
+        self._wake.clear()
+        # no greenlet switch between this check and the wait: whatever changed after _apply() is seen here, and
+        # whatever changes from now on sets the event
+        if self.pending or self._target is not None or self._resize_to is not None or self._rewind \
+                or self._stopping:
+            return
+        self._wake.wait(1.0)
 
     def _dispatch(self, record) -> None:  # noqa: ANN001 - kafka-python ConsumerRecord
         """One reply record to its waiter. Nothing a record holds may end the loop: a record that breaks the wire
@@ -355,14 +404,15 @@ class ReplyReader:
             if exc.correlation_id:   # another worker's request stays with that worker (it reads this record too)
                 outcome = self.pending.fail(exc.correlation_id, BadGateway(
                     f"the service's reply breaks the gateway's wire protocol: {exc}"))
-            metrics.REPLIES.labels("foreign" if outcome is Outcome.FOREIGN else Outcome.INVALID.value).inc()
+            metrics.reply_outcome("foreign" if outcome is Outcome.FOREIGN else Outcome.INVALID.value).inc()
             return
         outcome = self.pending.resolve(reply)
-        metrics.REPLIES.labels(outcome.value).inc()
+        metrics.reply_outcome(outcome.value).inc()
         if outcome is Outcome.LATE or outcome is Outcome.DUPLICATE:
             log.info("%s reply for %s dropped", outcome.value, reply.correlation_id.hex())
 
     def stop(self, timeout_ms: int = 2000) -> None:
         self._stopping = True
+        self._wake.set()
         stop_loop(self._loop, self._consumer, timeout_ms, "reply reader")
         self._unreadable.close()

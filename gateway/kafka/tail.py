@@ -74,7 +74,7 @@ class TopicTail:
             **self.config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
             fetch_max_wait_ms=self.fetch_max_wait_ms, fetch_min_bytes=1,
             auto_offset_reset="earliest" if self.start_at == "beginning" else "latest", max_poll_records=2000,
-            allow_auto_create_topics=False)
+            allow_auto_create_topics=False, metrics_enabled=False)
 
     @property
     def skipped(self) -> int:

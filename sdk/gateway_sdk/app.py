@@ -115,7 +115,9 @@ class Responder:
         self.bootstrap_servers = servers.split(",") if isinstance(servers, str) else list(servers)
         self.group_id = group_id or os.environ.get("SERVICE_GROUP_ID") or f"{name}-service"
         self.session_timeout_ms = int(os.environ.get("KAFKA_SESSION_TIMEOUT_MS", 10000))
-        self.fetch_max_wait_ms = int(os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", 10))
+        # 500: right for Apache Kafka (a fetch returns as soon as a request arrives); the embedded broker answers
+        # only at half the wait, so `./dev run` and the tests set KAFKA_FETCH_MAX_WAIT_MS lower (gateway.cli)
+        self.fetch_max_wait_ms = int(os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", 500))
         self.acks = acks
         self.enable_idempotence = (_env_flag("KAFKA_ENABLE_IDEMPOTENCE", True) if enable_idempotence is None
                                    else enable_idempotence)

@@ -13,7 +13,8 @@ from kafka.errors import (
     UnknownProducerIdError,
 )
 
-__all__ = ["FATAL_PRODUCER_ERRORS", "ZERO_ID", "is_fatal_producer_error", "producer_settings", "topic_id"]
+__all__ = ["CLIENT_SETTINGS", "FATAL_PRODUCER_ERRORS", "ZERO_ID", "is_fatal_producer_error", "producer_settings",
+           "topic_id"]
 
 ZERO_ID = "00000000-0000-0000-0000-000000000000"   # what brokers without KIP-516 answer, if anything
 
@@ -26,8 +27,13 @@ def producer_settings(acks: Any, enable_idempotence: bool) -> dict[str, Any]:
     no retries either, since a retried send whose first attempt was written but not acknowledged writes the
     record twice (a request executed twice, a reply counted as duplicate); a failed send is an error instead."""
     if enable_idempotence:
-        return {"acks": acks}
-    return {"acks": acks, "enable_idempotence": False, "retries": 0}
+        return {"acks": acks, **CLIENT_SETTINGS}
+    return {"acks": acks, "enable_idempotence": False, "retries": 0, **CLIENT_SETTINGS}
+
+
+# Every producer and consumer of ours: kafka-python's own client metrics (sensors updated on every send, fetch and
+# network round trip) are read by nobody here (the gateway exports its own); off, they cost nothing.
+CLIENT_SETTINGS = {"metrics_enabled": False}
 
 
 FATAL_PRODUCER_ERRORS = (UnknownProducerIdError, OutOfOrderSequenceNumberError, InvalidProducerEpochError,

@@ -43,7 +43,7 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 
 from . import protocol as P
-from .clients import is_fatal_producer_error, producer_settings, topic_id
+from .clients import CLIENT_SETTINGS, is_fatal_producer_error, producer_settings, topic_id
 from .unreadable import SkipUnreadable, Unidentified
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class Runner:
     # -- clients ------------------------------------------------------------------------------------------------
     def _new_consumer(self) -> KafkaConsumer:
         consumer = KafkaConsumer(
-            **{"max_poll_records": 500, **self.consumer_kwargs}, group_id=self.svc.group_id,
+            **{"max_poll_records": 500, **CLIENT_SETTINGS, **self.consumer_kwargs}, group_id=self.svc.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=self.fetch_max_wait_ms,
             session_timeout_ms=self.session_ms, heartbeat_interval_ms=max(100, self.session_ms // 3),
             allow_auto_create_topics=False)
@@ -135,11 +135,14 @@ class Runner:
         return consumer
 
     def _new_producer(self) -> KafkaProducer:
+        delivery = producer_settings(self.svc.acks, self.svc.enable_idempotence)
+        for k in CLIENT_SETTINGS.keys() & self.producer_kwargs.keys():
+            del delivery[k]                 # the service's own setting wins
         return KafkaProducer(
             # a short metadata age: a reply partition that is not there yet (the gateway re-creating its reply
             # topic after an outage) is found within seconds while the reply is being resent
             **{"linger_ms": 0, "max_block_ms": 5000, "metadata_max_age_ms": 5000, **self.producer_kwargs},
-            **producer_settings(self.svc.acks, self.svc.enable_idempotence),
+            **delivery,
             # never auto-create the gateway's reply topic with the broker's default partition count: the
             # gateway's reply keys are minted for the configured count (the gateway re-creates it after an outage)
             allow_auto_create_topics=False)

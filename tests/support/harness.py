@@ -51,12 +51,18 @@ def make_config(bootstrap: str, services: dict[str, dict[str, Any]], **sections:
     suffix = uuid.uuid4().hex[:8]
     cfg: dict[str, Any] = {
         "kafka": {"bootstrap_servers": [bootstrap], "session_timeout_ms": 3000, "heartbeat_interval_ms": 1000,
-                  "max_block_ms": 2000},
+                  "max_block_ms": 2000, "fetch_max_wait_ms": 10},   # the embedded broker's (conf/gateway.toml)
         "reply": {"topic": f"replies-{suffix}", "partitions": 16, "group_id": f"gw-{suffix}",
                   "startup_wait_ms": 20000,
+                  # the embedded broker's fetches slow down with the batches in a partition: spread the replies
+                  # over every owned partition (conf/gateway.toml does the same)
+                  "mint_partitions": 0,
                   # the embedded broker mishandles LeaveGroup during a rebalance: the group never converged after
                   # a reload (README, "The reply group after scaling and reloads")
                   "leave_group_on_stop": False},
+        # the tails' fetch waits for the embedded broker, as in conf/gateway.toml (the defaults are Kafka's)
+        "async": {"fetch_max_wait_ms": 250},
+        "state": {"fetch_max_wait_ms": 100},
     }
     for name, body in sections.items():
         cfg.setdefault(name, {}).update(body)
@@ -106,7 +112,9 @@ class Process:
 
 def base_env(bootstrap: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PROMETHEUS_"))}
-    env.update({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONUNBUFFERED": "1", "KAFKA_SESSION_TIMEOUT_MS": "3000"})
+    # the embedded broker's fetch wait (the SDK's default, 500, is Kafka's: see gateway.responder.app)
+    env.update({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONUNBUFFERED": "1", "KAFKA_SESSION_TIMEOUT_MS": "3000",
+                "KAFKA_FETCH_MAX_WAIT_MS": os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", "10")})
     env.update(extra)
     return env
 
