@@ -35,7 +35,7 @@ def check(order: dict) -> tuple[str, str | None]:
 def run(stop: threading.Event, ready: threading.Event | None = None) -> None:
     from kafka import KafkaConsumer, KafkaProducer
 
-    from gateway.kafka.internals import request_rejoin
+    from gateway_sdk.clients import request_rejoin
 
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092").split(",")
     session_ms = int(os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "10000"))

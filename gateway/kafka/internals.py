@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# the rejoin nudge is the SDK's too: reached in one place, there
+from gateway_sdk.clients import request_rejoin
 
-def request_rejoin(consumer: Any) -> None:
-    """Ask the group coordinator to rejoin: kafka-python can stay "rebalancing" without rejoining after a
-    subscription or metadata change (docs/broker.md, "Rejoin stuck"); the group-membership watchdogs nudge it."""
-    consumer._coordinator.request_rejoin()  # noqa: SLF001 - no public equivalent
+__all__ = ["request_metadata_update", "request_rejoin"]
 
 
 def request_metadata_update(producer: Any) -> None:

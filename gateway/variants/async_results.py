@@ -19,14 +19,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from gevent.event import Event
 
 from ..core.calls import AsyncTicket, send_async
 from ..core.routing import partition_for_key
 from ..errors import BadGateway, NotReady
-from ..protocol import H_ASYNC, H_DEADLINE_MS, H_SERVICE, ProtocolError, Reply, decode_reply
+from ..protocol import H_ASYNC, H_DEADLINE_MS, H_SERVICE, ProtocolError, Reply, decode_reply, header_value
 from .streams import NDJSON, Reorderer, StreamBroken, item_json, problem_of
 
 if TYPE_CHECKING:
@@ -199,13 +199,6 @@ def _problem_reply(correlation_id: bytes, status: int, problem: dict[str, Any]) 
     return Reply(correlation_id, status, json.dumps(problem).encode(), "application/problem+json")
 
 
-def _header(headers: Iterable[tuple[str, bytes | None]], name: str) -> bytes | None:
-    for k, v in headers:
-        if k == name:
-            return v
-    return None
-
-
 class AsyncRequests:
     """Per-worker: the results tail and store, accept and look-up."""
 
@@ -242,11 +235,11 @@ class AsyncRequests:
     def on_record(self, record: Any) -> None:
         headers = record.headers or []
         ts = record.timestamp if record.timestamp and record.timestamp > 0 else now_ms()
-        if _header(headers, H_ASYNC) == b"accepted":
+        if header_value(headers, H_ASYNC) == b"accepted":
             if record.key is None:
                 return
-            deadline = _header(headers, H_DEADLINE_MS)
-            service = _header(headers, H_SERVICE)
+            deadline = header_value(headers, H_DEADLINE_MS)
+            service = header_value(headers, H_SERVICE)
             self.store.accepted(record.key.decode("ascii", "replace"), ts, int(deadline) if deadline else None,
                                 service.decode() if service else None)
             return

@@ -14,7 +14,7 @@ from kafka.errors import (
 )
 
 __all__ = ["CLIENT_SETTINGS", "FATAL_PRODUCER_ERRORS", "ZERO_ID", "is_fatal_producer_error", "producer_settings",
-           "topic_id"]
+           "request_rejoin", "topic_id"]
 
 ZERO_ID = "00000000-0000-0000-0000-000000000000"   # what brokers without KIP-516 answer, if anything
 
@@ -51,3 +51,11 @@ def topic_id(desc: dict[str, Any]) -> str | None:
     """A described topic's id, or None if the broker has none (pre-KIP-516)."""
     tid = desc.get("topic_id")
     return None if tid is None or str(tid) == ZERO_ID else str(tid)
+
+
+def request_rejoin(consumer: Any) -> None:
+    """Ask the group coordinator for a rejoin. kafka-python has no public way to, and can stay "rebalancing"
+    without rejoining after a subscription or metadata change (the gateway's docs/broker.md, "Rejoin stuck"): the
+    group watchdogs (the SDK's runner, the gateway's reply-group member) nudge it. The one reach into a private
+    attribute of kafka-python; the gateway's tests/test_library_internals.py fails if an upgrade removes it."""
+    consumer._coordinator.request_rejoin()  # noqa: SLF001 - no public equivalent

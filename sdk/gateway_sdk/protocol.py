@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Container, Iterable, Sequence
 
 __all__ = [
+    "header_value",
     "HTTP_HEADER_PREFIX", "H_ASYNC", "H_CONTENT_TYPE", "H_CORRELATION_ID", "H_DEADLINE_MS", "H_METHOD", "H_PATH",
     "H_QUERY", "H_REPLY_KEY", "H_REPLY_PARTITION", "H_REPLY_TOPIC", "H_SEQ", "H_SERVICE", "H_SPRING_CORRELATION_ID",
     "H_SPRING_REPLY_PARTITION", "H_SPRING_REPLY_TOPIC", "H_STATUS", "H_STREAM", "H_TRACEPARENT", "H_TRACESTATE",
@@ -137,7 +138,8 @@ _CONTROL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")   # CR, LF, NUL...: never
 NO_BODY_STATUSES = (204, 304)
 
 
-def _header(headers: Sequence[tuple[str, bytes | None]], name: str) -> bytes | None:
+def header_value(headers: Iterable[tuple[str, bytes | None]], name: str) -> bytes | None:
+    """The value of the first header called *name* (record headers are a list: names may repeat), or None."""
     for k, v in headers:
         if k == name:
             return v
@@ -147,10 +149,10 @@ def _header(headers: Sequence[tuple[str, bytes | None]], name: str) -> bytes | N
 def reply_correlation_id(headers: Sequence[tuple[str, bytes | None]]) -> bytes | None:
     """The request a reply answers: ``gateway-correlation-id`` (hex), else Spring's raw ``kafka_correlationId``.
     None when neither is usable."""
-    hexed = _header(headers, H_CORRELATION_ID)
+    hexed = header_value(headers, H_CORRELATION_ID)
     if hexed and _HEX_RE.fullmatch(hexed):
         return bytes.fromhex(hexed.decode("ascii"))
-    return _header(headers, H_SPRING_CORRELATION_ID) or None
+    return header_value(headers, H_SPRING_CORRELATION_ID) or None
 
 
 def _field_value(name: str, v: bytes, corr: bytes) -> str:
@@ -170,7 +172,7 @@ def decode_reply(value: bytes | None, headers: Sequence[tuple[str, bytes | None]
     *forward* (lower-case names, ``http.forward_response_headers``): only these ``http-<name>`` headers are kept,
     and only they are validated: a header the response will not carry cannot make the reply unusable."""
     corr = reply_correlation_id(headers)
-    hexed = _header(headers, H_CORRELATION_ID)
+    hexed = header_value(headers, H_CORRELATION_ID)
     if hexed and not _HEX_RE.fullmatch(hexed):
         raise ProtocolError(f"{H_CORRELATION_ID} is not hex", corr)     # corr: Spring's form, if it came too
     if not corr:

@@ -43,7 +43,7 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 
 from . import protocol as P
-from .clients import CLIENT_SETTINGS, is_fatal_producer_error, producer_settings, topic_id
+from .clients import CLIENT_SETTINGS, is_fatal_producer_error, producer_settings, request_rejoin, topic_id
 from .unreadable import SkipUnreadable, Unidentified
 
 if TYPE_CHECKING:
@@ -178,8 +178,8 @@ class Runner:
                         svc.ready.set()
                         unassigned_since = time.monotonic()
                     elif time.monotonic() - unassigned_since > 2 * self.session_ms / 1000:
-                        # kafka-python can stay "rebalancing" without rejoining (see TANSU.md): ask again
-                        self.consumer._coordinator.request_rejoin()  # noqa: SLF001
+                        # kafka-python can stay "rebalancing" without rejoining: ask again
+                        request_rejoin(self.consumer)
                         unassigned_since = time.monotonic()
                     if batches:
                         self._answer(batches)

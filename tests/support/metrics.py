@@ -33,6 +33,8 @@ def read_metrics_dir(path: Path) -> str:
 
 def worker_gauges(path: Path) -> dict[int, dict[str, float]]:
     """Per worker pid: its live gauges (owned / read partitions, ready, in flight) from the metric files."""
+    # prometheus_client's multiprocess files read per pid (its public API only sums them over the workers):
+    # a module of the library, not its documented API; tests/test_library_internals.py fails if it changes
     from prometheus_client.mmap_dict import MmapedDict
 
     out: dict[int, dict[str, float]] = {}
