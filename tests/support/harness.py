@@ -5,7 +5,6 @@ Used by ``tests/conftest.py`` and ``bench/``; nothing here is mocked.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,35 +14,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import requests
+import tomli_w
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]   # the source tree (tests/support/harness.py)
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(v)
-
-
 def to_toml(cfg: dict[str, Any]) -> str:
-    """Tiny TOML writer for the config's shape: sections of scalars, lists and inline tables."""
-    lines: list[str] = []
-    tables = [(f"services.{n}", b) for n, b in cfg.get("services", {}).items()]
-    for name, body in [*((k, v) for k, v in cfg.items() if k != "services"), *tables]:
-        lines.append(f"[{name}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
-        lines.append("")
-    return "\n".join(lines)
+    """A config dict as TOML (tomli-w: sections, lists, nested tables)."""
+    return tomli_w.dumps(cfg)
 
 
 def make_config(bootstrap: str, services: dict[str, dict[str, Any]], **sections: dict[str, Any]) -> dict[str, Any]:
@@ -148,14 +129,16 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float
 
 
 def metric_value(text: str, name: str, labels: str | None = None) -> float:
-    """Sum of the samples of *name* (optionally only those whose label string contains *labels*)."""
+    """Sum of the samples of *name* in Prometheus text *text* (optionally only those whose label string,
+    ``k="v",...`` in exposition order, contains *labels*), read with prometheus_client's own parser."""
     total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$", line)
-        if m and m.group(1) == name and (labels is None or labels in (m.group(2) or "")):
-            total += float(m.group(3))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name != name:
+                continue
+            label_text = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+            if labels is None or labels in label_text:
+                total += sample.value
     return total
 
 
