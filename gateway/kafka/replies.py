@@ -176,6 +176,10 @@ class ReplyReader:
         self._borrow_until = 0.0
         self.reading: set[int] = set()
         self._reported_reading = -1
+        # where reading stopped on partitions released since: a partition read again starts no earlier (the
+        # embedded broker's end offset can lie before its last batch; re-reading it made answered replies count as
+        # duplicates). Forgotten when the topic is a new log.
+        self._released_at: dict[int, int] = {}
         self.positioned = Event()                # set once a partition keys are minted for is positioned
         self._rewind = False
         self.rechecked = Event()                 # set when the last incarnation check was applied
@@ -218,6 +222,7 @@ class ReplyReader:
         tps = [TopicPartition(self.topic, p) for p in sorted(self.reading)]
         if tps:
             consumer.seek_to_beginning(*tps)     # resolved lazily: any reply written from now on is after it
+        self._released_at.clear()
         self._rewind = False
         self.rechecked.set()
 
@@ -279,6 +284,7 @@ class ReplyReader:
             if not self._owned and not self.borrowed:
                 self.borrowed = {random.randrange(n)}
             self.reading = {p for p in self.reading if p < n}
+            self._released_at.clear()
             consumer.assign([TopicPartition(self.topic, p) for p in sorted(self.reading)])
         if self._target is not None:
             self._owned, self._target, changed = self._target, None, True
@@ -299,7 +305,10 @@ class ReplyReader:
             tps = [TopicPartition(self.topic, p) for p in sorted(added)]
             consumer.seek_to_end(*tps)
             for tp in tps:
-                consumer.position(tp)  # resolve the offset now, before a key for it is handed out
+                end = consumer.position(tp)  # resolve the offset now, before a key for it is handed out
+                was = self._released_at.pop(tp.partition, None)
+                if was is not None and end is not None and was > end:
+                    consumer.seek(tp, was)
             self.reading = grow
         # 2. switch minting to the new set: every partition in it is positioned
         if changed:
@@ -311,10 +320,14 @@ class ReplyReader:
                 self.positioned.clear()
         # 3. release what is no longer minted on and has nothing pending. No IO (no greenlet switch) from the
         #    pending check to the assign: a request registers its waiter in the same step as it picks the partition.
+        #    Positions of the candidates first (only this greenlet moves them).
+        positions = {p: consumer.position(TopicPartition(self.topic, p))
+                     for p in self.reading - set(self.router.owned)}
         keep = set(self.router.owned) | (self.reading & self.pending.partitions_in_use())
         if keep != self.reading:
             dropped = self.reading - keep
             consumer.assign([TopicPartition(self.topic, p) for p in sorted(keep)])
+            self._released_at.update({p: positions[p] for p in dropped if positions.get(p) is not None})
             log.info("reply partitions %s drained and released", sorted(dropped))
             self.reading = keep
         if len(self.reading) != self._reported_reading:      # a gauge write only when it changes
