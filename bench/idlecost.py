@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
             admin.create_topics([NewTopic("idle", args.partitions, 1)])
             admin.close()
-            groups = {"broker": [broker._proc.pid]}  # noqa: SLF001 - our own process handle
+            groups = {"broker": [broker.pid]}
             proc = None
             if wait is not None and shape is not None:
                 proc = Process("consumer", [sys.executable, "-m", "bench.idlecost", "--consume", broker.bootstrap,

@@ -51,6 +51,11 @@ class EmbeddedBroker:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """The broker process's pid while it runs (the benchmarks read its CPU from /proc)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
