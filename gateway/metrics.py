@@ -10,6 +10,7 @@ import functools
 import os
 import struct
 import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -42,11 +43,17 @@ READING_PARTITIONS = Gauge("gateway_reply_partitions_read", "Reply partitions re
                            multiprocess_mode="livesum")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=4096)
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once per label set: the request and reply paths count every request
+    and reply record, and labels() costs a lock, a validation and a dict lookup each time. Label values are
+    service names, statuses and outcomes: a bounded set (the cache is bounded anyway)."""
+    return metric.labels(*labels)
+
+
 def reply_outcome(outcome: str) -> Counter:
-    """``REPLIES.labels(outcome)``, looked up once: the reader counts every reply record (labels() costs a lock,
-    a validation and a dict lookup each time)."""
-    return REPLIES.labels(outcome)
+    """``REPLIES.labels(outcome)``, cached (:func:`child`)."""
+    return child(REPLIES, outcome)
 
 
 READERS_FETCHING = Gauge("gateway_reply_readers_fetching",

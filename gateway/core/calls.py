@@ -54,7 +54,7 @@ class Call:
         self.svc = svc
         self.waiter = waiter
         self._open = True
-        metrics.IN_FLIGHT.labels(svc.name).inc()
+        metrics.child(metrics.IN_FLIGHT, svc.name).inc()
 
     @property
     def correlation_id(self) -> bytes:
@@ -67,7 +67,7 @@ class Call:
             self._open = False
             self.gw.pending.remove(self.correlation_id, answered=answered)
             self.gw.unacked.pop(self.correlation_id, None)
-            metrics.IN_FLIGHT.labels(self.svc.name).dec()
+            metrics.child(metrics.IN_FLIGHT, self.svc.name).dec()
 
     def __enter__(self) -> Call:
         return self
@@ -82,7 +82,7 @@ class Call:
         assert isinstance(waiter, OneShot)
         try:
             if not waiter.event.wait(max(0.0, waiter.deadline - time.monotonic())):
-                metrics.TIMEOUTS.labels(self.svc.name).inc()
+                metrics.child(metrics.TIMEOUTS, self.svc.name).inc()
                 raise ReplyTimeout(f"{self.svc.name} did not reply within {self.svc.timeout_ms} ms")
             if waiter.error is not None:
                 raise waiter.error
@@ -119,13 +119,13 @@ def open_call(gw: Gateway, svc: ServiceConfig, waiter_factory: Callable[[bytes, 
         gw.pending.remove(correlation_id)
         if not isinstance(exc, Exception):
             raise
-        metrics.PRODUCE_ERRORS.labels(svc.name).inc()
+        metrics.child(metrics.PRODUCE_ERRORS, svc.name).inc()
         gw.on_producer_error(producer, exc)
         raise BrokerUnavailable(f"could not hand the request to Kafka: {type(exc).__name__}") from None
 
     def on_error(exc: BaseException) -> None:
         gw.unacked.pop(correlation_id, None)
-        metrics.PRODUCE_ERRORS.labels(svc.name).inc()
+        metrics.child(metrics.PRODUCE_ERRORS, svc.name).inc()
         log.warning("request %s to %s not delivered: %s", correlation_id.hex(), svc.topic, exc)
         waiter.fail(BrokerUnavailable(f"Kafka did not accept the request: {type(exc).__name__}"))
         gw.on_producer_error(producer, exc)
@@ -172,6 +172,6 @@ def send_async(gw: Gateway, svc: ServiceConfig, request: ServiceRequest, results
         on_marker(ticket)
         gw.producer.send(svc.topic, value=request.body, key=request.key, headers=headers).get(timeout_s)
     except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError, KafkaError, closed producer
-        metrics.PRODUCE_ERRORS.labels(svc.name).inc()
+        metrics.child(metrics.PRODUCE_ERRORS, svc.name).inc()
         raise BrokerUnavailable(f"could not hand the async request to Kafka: {type(exc).__name__}") from None
     return ticket

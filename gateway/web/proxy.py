@@ -75,5 +75,5 @@ def proxy(service: str, rest: str) -> Response:
         status = exc.code or 500
         raise
     finally:
-        metrics.REQUESTS.labels(label, str(status)).inc()
-        metrics.LATENCY.labels(label).observe(time.perf_counter() - started)
+        metrics.child(metrics.REQUESTS, label, str(status)).inc()
+        metrics.child(metrics.LATENCY, label).observe(time.perf_counter() - started)
