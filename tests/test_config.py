@@ -149,7 +149,7 @@ def test_config_file_in_use_and_packaged_defaults(tmp_path):
     env: dict[str, str] = {}
     assert serve.use_packaged_defaults(env) == DEFAULT_CONFIG_PATH and env["GATEWAY_CONFIG"] == str(DEFAULT_CONFIG_PATH)
     cfg = load_config(serve.PACKAGED_CONFIG, env={})
-    assert cfg.kafka.bootstrap_servers == ["localhost:9092"] and list(cfg.services) == ["echo"]
+    assert list(cfg.kafka.bootstrap_servers) == ["localhost:9092"] and list(cfg.services) == ["echo"]
     assert serve.gunicorn_argv(["127.0.0.1:1"], 3, ["--timeout", "5"])[2:] == [
         "gunicorn", "-c", "python:gateway.serve.gunicorn_conf", "--bind", "127.0.0.1:1", "--workers", "3",
         "--timeout", "5", "gateway.wsgi:app"]

@@ -239,7 +239,7 @@ def test_requests_the_broker_had_not_acknowledged_fail_at_once_when_it_goes_away
 def test_workers_mint_on_and_read_only_reply_mint_partitions_of_those_they_own(proxied_broker, tmp_path, log_dir):
     """reply.mint_partitions = 1 of 8 reply partitions, 2 workers: each worker owns 4 and mints on, and reads, 1
     of them (a fetch reads fewer partitions); every request is answered, each worker's from a partition it owns."""
-    from gateway.testing import ServiceProcess
+    from tests.support.harness import ServiceProcess
 
     bootstrap, _ = proxied_broker
     _, path = _config(bootstrap, tmp_path, reply={"partitions": 8, "mint_partitions": 1})

@@ -93,7 +93,7 @@ class Process:
 
 def base_env(bootstrap: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "PROMETHEUS_"))}
-    # the embedded broker's fetch wait (the SDK's default, 500, is Kafka's: see gateway.responder.app)
+    # the embedded broker's fetch wait (the SDK's default, 500, is Kafka's: see gateway_sdk.app)
     env.update({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONUNBUFFERED": "1", "KAFKA_SESSION_TIMEOUT_MS": "3000",
                 "KAFKA_FETCH_MAX_WAIT_MS": os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", "10")})
     env.update(extra)
