@@ -177,7 +177,7 @@ def consumer(broker: EmbeddedBroker) -> Iterator[object]:
 
 @pytest.mark.timeout(60)
 def test_the_private_kafka_python_rejoin_the_member_watchdog_uses_still_exists(consumer: object) -> None:
-    # gateway.kafka.replies.GroupMembership: consumer._coordinator.request_rejoin() (no public equivalent)
+    # gateway.kafka.membership.GroupMembership: consumer._coordinator.request_rejoin() (no public equivalent)
     coordinator = consumer._coordinator  # type: ignore[attr-defined]
     coordinator.request_rejoin()
     assert coordinator.need_rejoin() is True

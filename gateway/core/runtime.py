@@ -67,7 +67,8 @@ class Gateway:
             return self.ready
         self.started = True
         from ..kafka.admin import ensure_topics
-        from ..kafka.replies import GroupMembership, ReplyReader
+        from ..kafka.membership import GroupMembership
+        from ..kafka.replies import ReplyReader
 
         reply_topic = self.config.reply.topic
         t0 = time.monotonic()

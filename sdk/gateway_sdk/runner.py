@@ -1,5 +1,8 @@
 """The responder's Kafka loop: consume requests, run handlers, send replies, commit what was answered.
 
+(Over 300 lines on purpose: one loop's states, consume -> answer -> deliver -> commit, and the argument below that
+it never runs a request twice holds only when read together.)
+
 At-least-once, and never a request executed twice because of this loop:
 
 * **Commit only what was answered.** Every reply (and every event a handler published) is a tracked send. A
