@@ -194,3 +194,18 @@ class Scenario:
         self.facts["failed_traced"] = [
             f"[{r.phase}] client {r.client} start={r.start:.3f} end={r.end:.3f} {r.status} {r.error} "
             f"cid={r.correlation_id}: {found.get(r.correlation_id) or 'no record found'}" for r in failed]
+        # what the gateway and the services said about it: a CI machine's logs are gone after the run
+        self.facts["warnings_in_logs"] = _warnings(Path(self.run.log_dir))
+
+
+def _warnings(log_dir: Path, most: int = 40) -> list[str]:
+    """The last WARNING/ERROR lines of every log in *log_dir* (gateway workers, services), oldest first per file."""
+    out: list[str] = []
+    for path in sorted(log_dir.glob("*.log")):
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        hits = [line for line in lines if "WARNING" in line or "ERROR" in line or "Traceback" in line]
+        out.extend(f"{path.name}: {line[:300]}" for line in hits[-most:])
+    return out[-most * 3:]
