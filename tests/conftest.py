@@ -6,6 +6,8 @@ things (faults, restarts) start their own.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -67,6 +69,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         return 0 if item.get_closest_marker("run_first") else 2 if item.get_closest_marker("run_last") else 1
     items.sort(key=rank)
+
+
+_WHEEL_ROOT: list[Path] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """tests/test_wheel.py builds two wheels and two venvs (a minute or more, in pip subprocesses): give it a head
+    start in a background thread while the rest of the suite runs."""
+    wheel_items = [item for item in session.items if item.nodeid.startswith("tests/test_wheel.py")]
+    if wheel_items:
+        root = Path(tempfile.mkdtemp(prefix="gateway-wheel-"))
+        _WHEEL_ROOT.append(root)
+        wheel_items[0].module.start_preparing(root)  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for root in _WHEEL_ROOT:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,14 @@ what is missing there is fetched from the index once, with ``pip wheel``.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -53,13 +55,12 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def _build_wheels(root: Path) -> dict[str, Path]:
     """Both wheels, built from a clean copy of the tree."""
-    src = tmp_path_factory.mktemp("src") / "tree"
+    src = root / "src" / "tree"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
                                                               "__pycache__", ".pytest_cache", "run", "results"))
-    dist = tmp_path_factory.mktemp("dist")
+    dist = root / "dist"
     for project in (src / "sdk", src):
         try:   # setuptools and wheel in pip's isolated build env (the index, or pip's cache)
             _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(project)])
@@ -82,23 +83,52 @@ def _venv(path: Path, wheels: list[Path]) -> Path:
     try:
         _run(install, env=_clean_env())
     except AssertionError:
-        _run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(WHEELHOUSE),
-              "--find-links", str(wheels[0].parent), *map(str, wheels)])
-        for ours in WHEELHOUSE.iterdir():   # only dependencies are cached: ours are built fresh every session
-            if ours.name.startswith(OURS):
-                ours.unlink()
+        with _WHEELHOUSE_LOCK:   # one filler at a time; the other venv then finds what it needs
+            _run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(WHEELHOUSE),
+                  "--find-links", str(wheels[0].parent), *map(str, wheels)])
+            for ours in WHEELHOUSE.iterdir():   # only dependencies are cached: ours are built fresh every session
+                if ours.name.startswith(OURS):
+                    ours.unlink()
         _run(install, env=_clean_env())
     return python
 
 
-@pytest.fixture(scope="session")
-def gateway_venv(wheels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _venv(tmp_path_factory.mktemp("venv") / "gateway", [wheels["gateway"], wheels["sdk"]])
+_WHEELHOUSE_LOCK = threading.Lock()
+_PREPARED: concurrent.futures.Future | None = None
+
+
+def _prepare(root: Path) -> dict[str, Path]:
+    """The wheels, then both venvs side by side (pip spends most of its time waiting on unpacking and IO)."""
+    wheels = _build_wheels(root)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        gateway = pool.submit(_venv, root / "venv" / "gateway", [wheels["gateway"], wheels["sdk"]])
+        sdk = pool.submit(_venv, root / "venv" / "sdk", [wheels["sdk"]])
+        return {**wheels, "gateway_venv": gateway.result(), "sdk_venv": sdk.result()}
+
+
+def start_preparing(root: Path) -> None:
+    """Called by conftest once the session's tests are collected, if this module's are among them: building two
+    wheels and two venvs takes a minute or more, mostly in pip subprocesses, so it runs in a background thread while
+    the other tests run (the fixtures below wait for it)."""
+    global _PREPARED
+    _PREPARED = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wheels").submit(_prepare, root)
 
 
 @pytest.fixture(scope="session")
-def sdk_venv(wheels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _venv(tmp_path_factory.mktemp("venv") / "sdk", [wheels["sdk"]])
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    if _PREPARED is None:   # this module run without the conftest hook's head start
+        return _prepare(tmp_path_factory.mktemp("wheel"))
+    return _PREPARED.result(timeout=900)
+
+
+@pytest.fixture(scope="session")
+def gateway_venv(prepared: dict[str, Path]) -> Path:
+    return prepared["gateway_venv"]
+
+
+@pytest.fixture(scope="session")
+def sdk_venv(prepared: dict[str, Path]) -> Path:
+    return prepared["sdk_venv"]
 
 
 IMPORT_ALL = textwrap.dedent("""
