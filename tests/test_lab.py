@@ -11,11 +11,11 @@ import socket
 import socketserver
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
-from gateway.broker import EmbeddedBroker, free_port
+from gateway.broker import free_port
 from tests.support.harness import ProcessExited, wait_until
 from tests.support.loadgen import FRESH, KEEPALIVE, OK, LoadGenerator
 
@@ -163,24 +163,6 @@ def test_wait_until_propagates_a_fatal_error_at_once_and_retries_others() -> Non
         return True
 
     assert wait_until(flaky, 10, 0.01) is True and len(calls) == 3
-
-
-@pytest.fixture
-def consumer(broker: EmbeddedBroker) -> Iterator[object]:
-    from kafka import KafkaConsumer
-
-    c = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="private-attribute-check")
-    c.subscribe(["private-attribute-check"])
-    yield c
-    c.close()
-
-
-@pytest.mark.timeout(60)
-def test_the_private_kafka_python_rejoin_the_member_watchdog_uses_still_exists(consumer: object) -> None:
-    # gateway.kafka.membership.GroupMembership: consumer._coordinator.request_rejoin() (no public equivalent)
-    coordinator = consumer._coordinator  # type: ignore[attr-defined]
-    coordinator.request_rejoin()
-    assert coordinator.need_rejoin() is True
 
 
 def test_scripted_server_port_is_free_after_close() -> None:
