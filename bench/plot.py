@@ -8,9 +8,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-COLORS = {"floor": "#7f7f7f", "baseline": "#1f77b4", "gateway": "#d62728", "ceiling": "#2ca02c"}
+COLORS = {"floor": "#7f7f7f", "baseline": "#1f77b4", "gateway": "#d62728", "gateway-rd": "#ff7f0e",
+          "ceiling": "#2ca02c"}
 LABELS = {"floor": "floor (kafka-python, no HTTP)", "baseline": "baseline (aiohttp + aiokafka)",
-          "gateway": "gateway (gunicorn, 2 gevent workers)", "ceiling": "ceiling (Flask constant, no Kafka)"}
+          "gateway": "gateway (gunicorn, 2 gevent workers)", "gateway-rd": "gateway, kafka.client = librdkafka",
+          "ceiling": "ceiling (Flask constant, no Kafka)"}
 
 
 def plot(cells: list[dict[str, Any]], out: Path, title: str = "") -> Path:

@@ -19,6 +19,7 @@ PATHS = {
     "floor": "floor: kafka-python → Kafka → echo → Kafka → kafka-python (one process, no HTTP)",
     "baseline": "baseline: wrk → aiohttp + aiokafka (one process) → Kafka → echo → Kafka → wrk",
     "gateway": "gateway: wrk → gunicorn (2 gevent workers) → Kafka → echo → Kafka → wrk",
+    "gateway-rd": "gateway-rd: the same gateway with kafka.client = \"librdkafka\" (confluent-kafka) on the hot path",
     "ceiling": "ceiling: wrk → gunicorn (2 gevent workers) → bare Flask constant",
 }
 WORKER_CPU_MS = 0.6       # target: gateway workers' CPU per request
@@ -111,25 +112,27 @@ def targets(results: dict[Cell, CellResult], idle: IdleResult | None, other_limi
         def get(path: str, n: int, ppr: int = ppr) -> CellResult | None:
             return next((r for c, r in results.items() if (c.path, c.ppr, c.clients) == (path, ppr, n)), None)
 
-        gw, base = get("gateway", high), get("baseline", high)
-        if gw and base:
-            out.append(Target(f"gateway req/s at {high} clients ≥ 1.0× baseline ({ppr} reply partition(s) per "
-                              "reader)", gw.rps, base.rps, True,
-                              f"{gw.rps:.0f} vs {base.rps:.0f} req/s ({gw.rps / base.rps:.2f}×)",
-                              _disturbed({f"gateway@{high}": gw, f"baseline@{high}": base}, other_limit)))
-        gw, base = get("gateway", low), get("baseline", low)
-        if gw and base:
-            limit = base.p50_ms + 1
-            out.append(Target(f"gateway p50 at {low} client ≤ baseline p50 + 1 ms ({ppr} per reader)", gw.p50_ms,
-                              limit, False, f"{gw.p50_ms:.2f} ms vs {base.p50_ms:.2f} + 1 = {limit:.2f} ms",
-                              _disturbed({f"gateway@{low}": gw, f"baseline@{low}": base}, other_limit)))
-        gw = get("gateway", high)
-        if gw:
-            ms = gw.cpu_ms_per_request("workers")
-            out.append(Target(f"gateway workers' CPU per request ≤ {WORKER_CPU_MS} ms (at {high} clients, {ppr} "
-                              "per reader)", ms, WORKER_CPU_MS, False,
-                              f"{ms:.2f} ms (both workers, {gw.cpu.get('workers', 0):.0f}% of a core at "
-                              f"{gw.rps:.0f} req/s)", []))  # CPU per request hardly depends on other load
+        for path in ("gateway", "gateway-rd"):
+            gw, base = get(path, high), get("baseline", high)
+            if gw and base:
+                out.append(Target(f"{path} req/s at {high} clients ≥ 1.0× baseline ({ppr} reply partition(s) per "
+                                  "reader)", gw.rps, base.rps, True,
+                                  f"{gw.rps:.0f} vs {base.rps:.0f} req/s ({gw.rps / base.rps:.2f}×)",
+                                  _disturbed({f"{path}@{high}": gw, f"baseline@{high}": base}, other_limit)))
+            gw, base = get(path, low), get("baseline", low)
+            if gw and base:
+                limit = base.p50_ms + 1
+                out.append(Target(f"{path} p50 at {low} client ≤ baseline p50 + 1 ms ({ppr} per reader)",
+                                  gw.p50_ms, limit, False,
+                                  f"{gw.p50_ms:.2f} ms vs {base.p50_ms:.2f} + 1 = {limit:.2f} ms",
+                                  _disturbed({f"{path}@{low}": gw, f"baseline@{low}": base}, other_limit)))
+            gw = get(path, high)
+            if gw:
+                ms = gw.cpu_ms_per_request("workers")
+                out.append(Target(f"{path} workers' CPU per request ≤ {WORKER_CPU_MS} ms (at {high} clients, {ppr} "
+                                  "per reader)", ms, WORKER_CPU_MS, False,
+                                  f"{ms:.2f} ms (both workers, {gw.cpu.get('workers', 0):.0f}% of a core at "
+                                  f"{gw.rps:.0f} req/s)", []))  # CPU per request hardly depends on other load
     if idle is not None:
         disturbed = [f"idle other load {idle.other_pct:.0f}%"] if idle.other_pct > other_limit else []
         worst = max(idle.workers(), key=lambda kv: kv[1], default=("worker", float("nan")))

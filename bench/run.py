@@ -43,7 +43,9 @@ ECHO = {"topic": "echo.requests", "methods": ["GET", "POST"], "content_types": [
 FLOOR_REPLY_TOPIC = "bench.floor.replies"
 BASELINE_REPLY_TOPIC = "bench.baseline.replies"
 PATH = "/echo/bench"
-PATHS = ("floor", "baseline", "gateway", "ceiling")
+PATHS = ("floor", "baseline", "gateway", "gateway-rd", "ceiling")
+# the gateway paths: the default client, and kafka.client = "librdkafka" (confluent-kafka) for the hot path
+GATEWAY_CLIENTS = {"gateway": "kafka-python", "gateway-rd": "librdkafka"}
 
 
 @dataclass(frozen=True, order=True)
@@ -55,7 +57,7 @@ class Cell:
     @property
     def label(self) -> str:
         ppr = f"ppr={self.ppr:<2}" if self.ppr else "      "
-        return f"{self.path:<8} {ppr} c={self.clients:<3}"
+        return f"{self.path:<10} {ppr} c={self.clients:<3}"
 
 
 @dataclass
@@ -112,13 +114,14 @@ class Bench:
         with ExitStack() as stack:
             if cell.path == "ceiling":
                 return self._ceiling(cell, stack)
-            if cell.path == "gateway":
+            if cell.path in GATEWAY_CLIENTS:
                 return self._gateway(cell, stack)
             config, echo = self._kafka(stack, cell.ppr)
             return getattr(self, f"_{cell.path}")(cell, stack, config, echo)
         raise AssertionError("unreachable")
 
-    def _kafka(self, stack: ExitStack, reply_partitions: int) -> tuple[Config, Process]:
+    def _kafka(self, stack: ExitStack, reply_partitions: int, client: str = "kafka-python"
+               ) -> tuple[Config, Process]:
         """A fresh broker, the topics, and the echo service (answering once this returns)."""
         from gateway.kafka.admin import ensure_topics, wanted_topics
 
@@ -130,6 +133,7 @@ class Bench:
         # every cell is on a fresh broker: the shipped default applies (the tests' config spreads replies over
         # every owned partition for the suite's long-lived broker)
         raw["reply"].pop("mint_partitions", None)
+        raw["kafka"]["client"] = client
         for section, values in self.s.overrides.items():
             raw.setdefault(section, {}).update(values)
         config = parse_config(raw)
@@ -176,9 +180,11 @@ class Bench:
         return self._drive(cell, server, url, {**self._kafka_groups(echo), "baseline": [server.pid]}, [echo],
                            hops)
 
-    def start_gateway(self, stack: ExitStack, ppr: int) -> tuple[GunicornGateway, Config, Process]:
-        """A fresh broker, echo and gateway whose workers read *ppr* reply partitions each; serving on return."""
-        config, echo = self._kafka(stack, ppr * self.s.workers)
+    def start_gateway(self, stack: ExitStack, ppr: int, client: str = "kafka-python"
+                      ) -> tuple[GunicornGateway, Config, Process]:
+        """A fresh broker, echo and gateway (its hot path on *client*) whose workers read *ppr* reply partitions
+        each; serving on return."""
+        config, echo = self._kafka(stack, ppr * self.s.workers, client)
         bootstrap = config.kafka.bootstrap_servers[0]
         gw = GunicornGateway(self.log_dir / "gateway.toml", bootstrap, self.log_dir, workers=self.s.workers)
         stack.callback(gw.stop)
@@ -194,7 +200,7 @@ class Bench:
         return gw, config, echo
 
     def _gateway(self, cell: Cell, stack: ExitStack) -> CellResult:
-        gw, config, echo = self.start_gateway(stack, cell.ppr)
+        gw, config, echo = self.start_gateway(stack, cell.ppr, GATEWAY_CLIENTS[cell.path])
         hops = HopReader(config, ECHO["topic"], config.reply.topic)
         stack.callback(hops.close)
         groups = {**self._kafka_groups(echo), "gunicorn master": [gw.pid], "workers": children(gw.pid)}

@@ -31,7 +31,7 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
 
     data = json.loads((tmp_path / "latest.json").read_text())
     cells = {c["path"]: c for c in data["cells"]}
-    assert set(cells) == {"floor", "baseline", "gateway", "ceiling"}
+    assert set(cells) == {"floor", "baseline", "gateway", "gateway-rd", "ceiling"}
     for path, cell in cells.items():
         assert cell["requests"] > 0, f"{path} served no request: {cell}"
         assert cell["errors"] == 0, f"{path} had errors: {cell}"

@@ -7,6 +7,7 @@ it, twelve-factor style, so a Procfile deployment needs no file edits:
 ``KAFKA_URL``                Heroku's form (``kafka+ssl://h1:9096,kafka+ssl://h2:9096``), used when the above is unset;
                              with ``KAFKA_TRUSTED_CERT``, ``KAFKA_CLIENT_CERT``, ``KAFKA_CLIENT_CERT_KEY`` (PEM text)
 ``GATEWAY_REPLY_PARTITIONS`` reply.partitions
+``GATEWAY_KAFKA_CLIENT``     kafka.client (``kafka-python`` or ``librdkafka``)
 ``PORT``, ``WEB_CONCURRENCY`` are read by ``conf/gunicorn.conf.py``.
 
 Every error names the key and says what to change; :func:`load_config` raises :class:`ConfigError`.
@@ -97,6 +98,8 @@ def apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         kafka["bootstrap_servers"] = [s.strip() for s in env["KAFKA_BOOTSTRAP_SERVERS"].split(",") if s.strip()]
     elif env.get("KAFKA_URL"):
         _heroku_kafka(env, kafka)
+    if env.get("GATEWAY_KAFKA_CLIENT"):
+        kafka["client"] = env["GATEWAY_KAFKA_CLIENT"]
     if kafka:
         raw["kafka"] = kafka
     if env.get("GATEWAY_REPLY_PARTITIONS"):

@@ -8,6 +8,7 @@ generated from it), so the length is the documentation of ~80 settings, not logi
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from typing import Any, ClassVar
 
@@ -39,6 +40,13 @@ class KafkaSchema(_Strict):
     section = sections.KafkaSettings
 
 
+    client = fields.String(
+        load_default="kafka-python", validate=validate.OneOf(["kafka-python", "librdkafka"]),
+        metadata={"doc": "The Kafka client of the hot path (the request producer and the reply reader): "
+                         "kafka-python (pure Python) or librdkafka (confluent-kafka, `pip install "
+                         "'kafka-rest-gateway[librdkafka]'`: its network I/O runs in C threads, about a third of "
+                         "kafka-python's CPU per request, README \"Benchmark\"). Group membership, admin and the "
+                         "variants' tails use kafka-python either way; the other settings here apply to both."})
     bootstrap_servers = fields.List(fields.String(), load_default=["localhost:9092"],
                                     metadata={"doc": "Brokers to bootstrap from (host:port)."})
     client_id = fields.String(load_default="kafka-rest-gateway", metadata={"doc": "Client id sent to the broker."})
@@ -103,6 +111,9 @@ class KafkaSchema(_Strict):
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if data["client"] == "librdkafka" and importlib.util.find_spec("confluent_kafka") is None:
+            raise ValidationError("client = \"librdkafka\" needs confluent-kafka, which is not installed: pip install "
+                                  "'kafka-rest-gateway[librdkafka]' (or set client = \"kafka-python\")", "client")
         if data["heartbeat_interval_ms"] * 2 > data["session_timeout_ms"]:
             raise ValidationError(
                 f"heartbeat_interval_ms ({data['heartbeat_interval_ms']}) must be at most half of session_timeout_ms "

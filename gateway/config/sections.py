@@ -12,6 +12,7 @@ from typing import Any
 class KafkaSettings:
     """``[kafka]``: client settings shared by the producer and the consumers (kafka-python names)."""
 
+    client: str
     bootstrap_servers: tuple[str, ...]
     client_id: str
     security_protocol: str

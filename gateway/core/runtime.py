@@ -181,7 +181,11 @@ class Gateway:
         from ..kafka.internals import request_metadata_update
 
         try:
-            request_metadata_update(self.producer)      # do not write into partitions that vanished
+            refresh = getattr(self.producer, "refresh_metadata", None)   # librdkafka's producer has it
+            if refresh is not None:
+                refresh()
+            else:
+                request_metadata_update(self.producer)      # do not write into partitions that vanished
         except Exception:  # noqa: BLE001
             log.debug("metadata refresh request failed", exc_info=True)
         # stay not-ready (fast 503s) until the reader knows where to read: a request accepted earlier would have
@@ -234,11 +238,15 @@ class Gateway:
             self._after_outage()
 
     def _new_producer(self) -> Any:
+        k = self.config.kafka
+        if k.client == "librdkafka":
+            from ..kafka.librdkafka import RdProducer
+            return RdProducer(self.config)
+
         from kafka import KafkaProducer
 
         from ..kafka import producer_settings
 
-        k = self.config.kafka
         return KafkaProducer(
             **self.config.kafka_client_kwargs(), **producer_settings(k.acks, k.enable_idempotence),
             linger_ms=k.linger_ms, max_block_ms=k.max_block_ms, compression_type=k.compression_type,

@@ -5,11 +5,18 @@ import logging
 from typing import Any
 
 # the producer helpers live in the SDK (one source for the gateway's producers and the services')
-from gateway_sdk.clients import CLIENT_SETTINGS, FATAL_PRODUCER_ERRORS, is_fatal_producer_error, producer_settings
+from gateway_sdk.clients import CLIENT_SETTINGS, FATAL_PRODUCER_ERRORS, producer_settings
+from gateway_sdk.clients import is_fatal_producer_error as _kafka_python_fatal
 
 __all__ = ["CLIENT_SETTINGS", "FATAL_PRODUCER_ERRORS", "is_fatal_producer_error", "producer_settings", "stop_loop"]
 
 log = logging.getLogger(__name__)
+
+
+def is_fatal_producer_error(exc: BaseException) -> bool:
+    """A producer that no send will succeed with again (see ``gateway_sdk.clients.is_fatal_producer_error``);
+    librdkafka says so itself (``gateway.kafka.librdkafka.ProduceError.fatal``)."""
+    return getattr(exc, "fatal", False) is True or _kafka_python_fatal(exc)
 
 
 def stop_loop(loop: Any, consumer: Any, timeout_ms: int, what: str) -> None:

@@ -125,6 +125,9 @@ class ReplyReader:
         self._loop = Supervised("reply-reader", self._run).start()
 
     def _new_consumer(self) -> KafkaConsumer:
+        if self.config.kafka.client == "librdkafka":
+            from .librdkafka import RdReplyConsumer
+            return RdReplyConsumer(self.config)   # type: ignore[return-value] - KafkaConsumer's subset used here
         return KafkaConsumer(
             **self.config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
             # New partitions are positioned explicitly (seek_to_end); "earliest" only applies when a position
@@ -270,6 +273,10 @@ class ReplyReader:
 
     def _set_fetching(self, fetching: bool) -> None:
         self.fetching = fetching
+        # kafka-python fetches only inside poll(); librdkafka fetches in the background unless paused
+        set_fetching = getattr(self._consumer, "set_fetching", None)
+        if set_fetching is not None:
+            set_fetching(fetching)
         metrics.READERS_FETCHING.inc() if fetching else metrics.READERS_FETCHING.dec()
         if not fetching:
             metrics.READER_IDLE.inc()

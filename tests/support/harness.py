@@ -45,6 +45,8 @@ def make_config(bootstrap: str, services: dict[str, dict[str, Any]], **sections:
         "async": {"fetch_max_wait_ms": 250},
         "state": {"fetch_max_wait_ms": 100},
     }
+    if os.environ.get("GATEWAY_TEST_KAFKA_CLIENT"):     # the whole suite on the other client: README "Testing"
+        cfg["kafka"]["client"] = os.environ["GATEWAY_TEST_KAFKA_CLIENT"]
     for name, body in sections.items():
         cfg.setdefault(name, {}).update(body)
     cfg["services"] = services
