@@ -1,0 +1,112 @@
+"""The librdkafka clients (``kafka.client = "librdkafka"``) against the embedded broker: they must mean what
+kafka-python's calls mean where the gateway uses them (the whole suite also runs on them:
+``GATEWAY_TEST_KAFKA_CLIENT=librdkafka ./dev test``). Here what the suite cannot see from outside: where keyed
+records land, that positions survive re-assignment, that a paused reader fetches nothing and loses nothing."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import gevent
+import pytest
+from kafka import TopicPartition
+
+from gateway.config import parse_config
+from gateway.core.routing import partition_for_key
+from gateway.kafka import is_fatal_producer_error
+from gateway.kafka.admin import ensure_topics
+from gateway.kafka.librdkafka import IDLE_PAUSE_S, ProduceError, RdProducer, RdReplyConsumer
+from tests.support.harness import make_config
+
+pytestmark = pytest.mark.timeout(90)
+PARTITIONS = 4
+
+
+@pytest.fixture
+def setup(broker):  # noqa: ANN001, ANN201
+    topic = f"rd-{uuid.uuid4().hex[:8]}"
+    raw = make_config(broker.bootstrap, {"echo": {"topic": "echo.requests"}},
+                      reply={"topic": topic, "partitions": PARTITIONS},
+                      kafka={"client": "librdkafka", "enable_idempotence": False, "acks": 1})
+    config = parse_config(raw)
+    ensure_topics(config, {topic: PARTITIONS})
+    producer = RdProducer(config)
+    consumer = RdReplyConsumer(config)
+    yield config, topic, producer, consumer
+    consumer.close()
+    producer.close(timeout=2)
+
+
+def _read(consumer: RdReplyConsumer, want: int, timeout_s: float = 20) -> list:
+    got: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < want and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=100).values():
+            got.extend(records)
+    return got
+
+
+def test_keyed_records_land_where_kafka_python_puts_them_and_are_read_from_the_end(setup):  # noqa: ANN001
+    config, topic, producer, consumer = setup
+    for i in range(8):    # one at a time: single-record batches (the embedded broker's end offsets are wrong after
+        producer.send(topic, value=b"old", key=b"k%d" % i).get(10)   # a multi-record one: docs/broker.md)
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    ends = {tp.partition: consumer.position(tp) for tp in tps}
+    assert sum(ends.values()) == 8                       # positioned after every earlier record
+    consumer.set_fetching(True)
+
+    keys = [uuid.uuid4().hex.encode() for _ in range(40)]
+    deliveries = [producer.send(topic, value=k, key=k, headers=[("h", b"v")]) for k in keys]
+    metas = [d.get(10) for d in deliveries]
+    for key, meta in zip(keys, metas, strict=True):
+        assert meta.partition == partition_for_key(key, PARTITIONS)    # Java's murmur2, as kafka-python
+    got = _read(consumer, len(keys))
+    assert sorted(r.value for r in got) == sorted(keys)  # each once, none of the earlier ones
+    assert all(r.headers == [("h", b"v")] and r.key == r.value for r in got)
+    for tp in tps:
+        assert consumer.position(tp) == ends[tp.partition] + sum(m.partition == tp.partition for m in metas)
+
+
+def test_positions_survive_reassignment_and_a_paused_reader_loses_nothing(setup):  # noqa: ANN001
+    config, topic, producer, consumer = setup
+    p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    consumer.assign([p0])
+    consumer.seek_to_end(p0)
+    consumer.set_fetching(True)
+    producer.send(topic, value=b"a", partition=0).get(10)
+    assert [r.value for r in _read(consumer, 1)] == [b"a"]
+
+    consumer.assign([p0, p1])                             # p0 keeps its position: "a" is not read again
+    consumer.seek_to_end(p1)
+    producer.send(topic, value=b"b", partition=0).get(10)
+    producer.send(topic, value=b"c", partition=1).get(10)
+    assert sorted(r.value for r in _read(consumer, 2)) == [b"b", b"c"]
+
+    consumer.set_fetching(False)                         # idle: paused after IDLE_PAUSE_S
+    gevent.sleep(IDLE_PAUSE_S + 0.5)
+    assert consumer._paused                              # noqa: SLF001 - the state under test
+    producer.send(topic, value=b"d", partition=0).get(10)
+    producer.send(topic, value=b"e", partition=1).get(10)
+    assert consumer.poll(timeout_ms=1000) == {}          # paused: not fetched
+    consumer.set_fetching(True)
+    assert sorted(r.value for r in _read(consumer, 2)) == [b"d", b"e"]   # and nothing lost
+
+    consumer.assign([p1])                                # released: nothing of p0 comes any more
+    producer.send(topic, value=b"f", partition=0).get(10)
+    producer.send(topic, value=b"g", partition=1).get(10)
+    assert [r.value for r in _read(consumer, 1)] == [b"g"]
+    assert consumer.poll(timeout_ms=500) == {}
+
+
+def test_a_closed_producer_refuses_and_fatal_errors_are_told(setup):  # noqa: ANN001
+    config, topic, producer, consumer = setup
+    callbacks: list = []
+    producer.send(topic, value=b"x", partition=0).add_callback(callbacks.append).get(10)
+    assert len(callbacks) == 1 and callbacks[0].topic == topic
+    producer.close(timeout=2)
+    with pytest.raises(ProduceError):
+        producer.send(topic, value=b"y")
+    assert is_fatal_producer_error(ProduceError("x", fatal=True))
+    assert not is_fatal_producer_error(ProduceError("x", fatal=False))
