@@ -155,6 +155,7 @@ class Gateway:
         elif not up and self._broker_down_since is None:
             log.error("broker unreachable: failing requests fast with 503 until it is back")
             self._broker_down_since = time.monotonic()
+            self.reader.mark_outage()
             unacked, self.unacked = self.unacked, {}
             for waiter in unacked.values():
                 waiter.fail(BrokerUnavailable("the Kafka broker became unreachable before it took the request"))
@@ -193,6 +194,7 @@ class Gateway:
         wait_s = self.config.kafka.request_timeout_ms / 1000
         if not self.reader.rechecked.wait(wait_s):
             log.warning("reply reader did not apply the topic check within %.0fs; serving anyway", wait_s)
+        self.reader.forget_outage()
         for hook in self.recovery_hooks:
             try:
                 hook()

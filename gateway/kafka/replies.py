@@ -64,6 +64,12 @@ class ReplyReader:
         self._released_at: dict[int, int] = {}
         self.positioned = Event()                # set once a partition keys are minted for is positioned
         self._rewind = False
+        # positions when the broker was last seen going away (taken by the reader greenlet): what the reader reads
+        # from them on, until a rewind, is the log the broker came back with. A rewind (re-created topic) skips
+        # [snapshot, position at the rewind) of each partition: those replies were read already, once.
+        self._outage_at: dict[int, int] | None = None
+        self._snapshot_wanted = False
+        self._skip: dict[int, tuple[int, int]] = {}
         self.rechecked = Event()                 # set when the last incarnation check was applied
         self.rechecked.set()
         self._resize_to: int | None = None
@@ -98,10 +104,35 @@ class ReplyReader:
         self._wake.set()
         return True
 
+    def mark_outage(self) -> None:
+        """The broker became unreachable: remember where reading stood (see ``_rewind_all``)."""
+        self._snapshot_wanted = True
+        self._wake.set()
+
+    def forget_outage(self) -> None:
+        """The recovery is over (any rewind it asked for is applied): the snapshot says nothing any more."""
+        self._outage_at = None
+        self._snapshot_wanted = False
+
+    def _snapshot(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        self._snapshot_wanted = False
+        positions = {p: consumer.position(TopicPartition(self.topic, p)) for p in self.reading}
+        self._outage_at = {p: off for p, off in positions.items() if off is not None}
+
     def _rewind_all(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         tps = [TopicPartition(self.topic, p) for p in sorted(self.reading)]
+        # what was read since the outage was read on the new log already: skipped when read again (no reply is
+        # counted twice; librdkafka reads on from the old positions as soon as the broker is back)
+        self._skip = {}
+        for tp in tps:
+            since, now = (self._outage_at or {}).get(tp.partition), consumer.position(tp)
+            if since is not None and now is not None and now > since:
+                self._skip[tp.partition] = (since, now)
+        self._outage_at = None
         if tps:
             consumer.seek_to_beginning(*tps)     # resolved lazily: any reply written from now on is after it
         self._released_at.clear()
@@ -242,6 +273,8 @@ class ReplyReader:
         while not self._stopping:
             try:
                 self._apply()
+                if self._snapshot_wanted:
+                    self._snapshot()
                 if self._rewind:
                     self._rewind_all()
                 if not self.reading:
@@ -264,12 +297,23 @@ class ReplyReader:
                 continue
             for records in batches.values():
                 for record in records:
+                    if self._skip and self._read_already(record.partition, record.offset):
+                        continue
                     try:
                         self._dispatch(record)
                     except Exception:  # noqa: BLE001 - one record must not cost the rest of the batch
                         log.exception("reply at %s/%d@%d not handled", record.topic, record.partition,
                                       record.offset)
                         metrics.reply_outcome(Outcome.INVALID.value).inc()
+
+    def _read_already(self, partition: int, offset: int) -> bool:
+        span = self._skip.get(partition)
+        if span is None:
+            return False
+        if offset >= span[1]:
+            del self._skip[partition]
+            return False
+        return offset >= span[0]
 
     def _set_fetching(self, fetching: bool) -> None:
         self.fetching = fetching
@@ -290,7 +334,7 @@ class ReplyReader:
         # no greenlet switch between this check and the wait: whatever changed after _apply() is seen here, and
         # whatever changes from now on sets the event
         if self.pending or self._target is not None or self._resize_to is not None or self._rewind \
-                or self._stopping:
+                or self._snapshot_wanted or self._stopping:
             return
         self._wake.wait(1.0)
 
