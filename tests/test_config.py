@@ -76,6 +76,10 @@ def test_env_overrides_the_file():
     raw = apply_env({"services": SVC}, {"KAFKA_BOOTSTRAP_SERVERS": "a:1, b:2", "GATEWAY_REPLY_PARTITIONS": "8"})
     cfg = parse_config(raw)
     assert cfg.kafka.bootstrap_servers == ("a:1", "b:2") and cfg.reply.partitions == 8
+    assert cfg.kafka.client == "kafka-python"                     # the default
+    assert parse_config(apply_env({"services": SVC}, {"GATEWAY_KAFKA_CLIENT": "librdkafka"})).kafka.client \
+        == "librdkafka"
+    assert "kafka.client" in _err(apply_env({"services": SVC}, {"GATEWAY_KAFKA_CLIENT": "rdkafka"}))
 
 
 def test_heroku_kafka_url(tmp_path):
