@@ -39,7 +39,7 @@ class FloorClient:
         self.svc = svc
         self.path = path
         self.producer = KafkaProducer(
-            **config.kafka_client_kwargs(), acks=k.acks, linger_ms=k.linger_ms, enable_idempotence=False,
+            **config.kafka_client_kwargs(), acks=k.acks, linger_ms=k.linger_ms, enable_idempotence=k.enable_idempotence,
             max_block_ms=k.max_block_ms, compression_type=k.compression_type, retries=3,
             delivery_timeout_ms=max(k.request_timeout_ms * 2, 10000),
             max_request_size=max(1048576, config.limits.max_body_bytes + 65536))

@@ -170,7 +170,9 @@ class Bench:
         bootstrap = config.kafka.bootstrap_servers[0]
         server = Process("baseline", [sys.executable, "-m", "bench.baseline", bootstrap, ECHO["topic"],
                                       BASELINE_REPLY_TOPIC, str(cell.ppr), "--port", str(port),
-                                      "--fetch-max-wait-ms", str(self.s.fetch_max_wait_ms)],
+                                      "--fetch-max-wait-ms", str(self.s.fetch_max_wait_ms),
+                                      "--acks", str(config.kafka.acks),
+                                      "--idempotence" if config.kafka.enable_idempotence else "--no-idempotence"],
                          base_env(bootstrap), self.log_dir)
         stack.callback(server.stop)
         url = f"http://127.0.0.1:{port}{PATH}"

@@ -19,8 +19,8 @@ the same meaning, so their callers (``gateway.core.calls``, ``gateway.kafka.repl
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import gevent
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SERVE_INTERVAL_S = 0.2          # the delivery-report loop's poll: also how long a close waits for it to notice
+SERVE_INTERVAL_S = 0.2          # how often an idle producer serves librdkafka's events
+POLL_STEP_S = 0.001             # how often a reader waiting for replies / a producer awaiting reports looks
 IDLE_PAUSE_S = 1.0              # a reply reader with nothing to wait for stops fetching after this long
 
 
@@ -147,27 +148,28 @@ class RdProducer:
         if not k.enable_idempotence:
             settings["message.send.max.retries"] = 0   # as gateway_sdk.clients.producer_settings: no double writes
         self._producer = Producer(settings)
-        self._loop = gevent.get_hub().loop
-        self._pool = ThreadPool(2)                   # the delivery-report loop, and one blocking call at a time
-        self._reports: deque[tuple[Delivery, Any, Any]] = deque()
+        self._pool = ThreadPool(1)                   # the calls that wait (flush, metadata), one at a time
+        self._outstanding = 0                        # records sent, delivery not reported yet
+        self._wake = Event()
         self._closed = False
-        self._serving = self._pool.spawn(self._serve)
+        self._serving = gevent.spawn(self._serve)
 
-    # -- the delivery-report loop (a pool thread) -----------------------------------------------------------
+    # -- delivery reports: served by a greenlet (poll(0) never waits), every POLL_STEP_S while any is due ----
     def _serve(self) -> None:
         while not self._closed:
-            self._producer.poll(SERVE_INTERVAL_S)
-            if self._reports:
-                self._loop.run_callback_threadsafe(self._deliver)
-
-    def _deliver(self) -> None:     # in the hub
-        reports = self._reports
-        while reports:
-            delivery, err, msg = reports.popleft()
-            if err is not None:
-                delivery.resolve(None, ProduceError.of(err))
+            self._producer.poll(0)
+            if self._outstanding:
+                gevent.sleep(POLL_STEP_S)
             else:
-                delivery.resolve(RecordMetadata(msg.topic(), msg.partition(), msg.offset()), None)
+                self._wake.clear()
+                self._wake.wait(SERVE_INTERVAL_S)    # librdkafka's own events (errors) still get served
+
+    def _report(self, delivery: Delivery, err: KafkaError | None, msg: Any) -> None:   # in _serve's poll
+        self._outstanding -= 1
+        if err is not None:
+            delivery.resolve(None, ProduceError.of(err))
+        else:
+            delivery.resolve(RecordMetadata(msg.topic(), msg.partition(), msg.offset()), None)
 
     # -- KafkaProducer's subset --------------------------------------------------------------------------------
     def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
@@ -175,15 +177,18 @@ class RdProducer:
         if self._closed:
             raise ProduceError("the producer is closed")
         delivery = Delivery()
-        reports = self._reports
+        report = self._report
         try:
             self._producer.produce(topic, value=value, key=key, headers=headers,
                                    partition=-1 if partition is None else partition,
-                                   on_delivery=lambda err, msg: reports.append((delivery, err, msg)))
+                                   on_delivery=lambda err, msg: report(delivery, err, msg))
         except BufferError:
             raise ProduceError("librdkafka's send queue is full") from None
         except KafkaException as exc:
             raise ProduceError.of(exc.args[0]) from None
+        self._outstanding += 1
+        if self._outstanding == 1:
+            self._wake.set()
         return delivery
 
     def refresh_metadata(self, timeout_s: float = 5.0) -> None:
@@ -191,21 +196,23 @@ class RdProducer:
         self._pool.apply(self._producer.list_topics, (None, timeout_s))
 
     def flush(self, timeout: float | None = None) -> None:
-        self._pool.apply(self._producer.flush, (-1 if timeout is None else timeout,))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._outstanding and (deadline is None or time.monotonic() < deadline):
+            gevent.sleep(POLL_STEP_S)                # the serving greenlet reports meanwhile
 
     def close(self, timeout: float | None = None) -> None:
         """Deliver what is queued (up to *timeout* s), then stop; what is still undelivered fails."""
         if self._closed:
             return
         try:
-            left = self._pool.apply(self._producer.flush, (5.0 if timeout is None else timeout,))
-            if left:
-                self._pool.apply(self._producer.purge)
-                self._pool.apply(self._producer.flush, (0.1,))   # serves the purged records' reports
+            self.flush(5.0 if timeout is None else timeout)
+            if self._outstanding:
+                self._producer.purge()
+                self.flush(1.0)                      # serves the purged records' reports (failed: 503)
         finally:
             self._closed = True
-            self._serving.get()
-            self._deliver()
+            self._wake.set()
+            self._serving.join(1.0)
             self._pool.kill()
 
 
@@ -328,7 +335,14 @@ class RdReplyConsumer:
         unplaced = [TopicPartition(t, p) for (t, p), off in self._positions.items() if off is None]
         if unplaced:        # kafka-python would reset these by policy; the reader always seeks first
             self.seek_to_end(*unplaced)
-        messages = self._pool.apply(self._fetch, (max_records or self._max_records, timeout_ms / 1000))
+        # never a waiting call: consume(n, 0) returns what librdkafka's fetcher queued already (it fetches in its
+        # own thread); between looks the greenlet sleeps, so the hub serves the HTTP side meanwhile
+        n = max_records or self._max_records
+        deadline = time.monotonic() + timeout_ms / 1000
+        messages = self._consumer.consume(n, 0)
+        while not messages and time.monotonic() < deadline:
+            gevent.sleep(POLL_STEP_S)
+            messages = self._consumer.consume(n, 0)
         out: dict[Any, list[Record]] = {}
         positions = self._positions
         for m in messages:
@@ -346,14 +360,6 @@ class RdReplyConsumer:
             tp = TopicPartition(*key)
             out.setdefault(tp, []).append(Record(key[0], key[1], offset, m.key(), m.value(), m.headers() or []))
         return out
-
-    def _fetch(self, max_records: int, timeout_s: float) -> list[Any]:
-        """In the pool thread: wait for the first message (``consume`` would wait for *max_records* or the timeout),
-        then take whatever else is there already."""
-        first = self._consumer.poll(timeout_s)
-        if first is None:
-            return []
-        return [first, *self._consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
 
     def close(self, autocommit: bool = False, timeout_ms: int | None = None) -> None:
         self._pause_timer.stop()
