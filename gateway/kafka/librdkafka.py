@@ -6,12 +6,12 @@ Why it exists: kafka-python does its network I/O in Python, in greenlets of the 
 to its I/O loop, gevent timeouts, locks: ~0.4 ms of a worker's CPU per request, README "Benchmark"); librdkafka
 does it in its own C threads, outside the GIL.
 
-Under gevent, a librdkafka call that waits (consume, flush, a watermark query) would block the worker's one OS
-thread, hub included: those run in a thread of a gevent ``ThreadPool``, the calling greenlet waits cooperatively
-and the result comes back through the hub's thread-safe async watcher. Delivery reports are served by a loop in a
-pool thread polling the producer; they reach the greenlets in batches through ``loop.run_callback_threadsafe``
-(nothing of gevent's is touched from another thread). Calls that do not wait (produce, pause, resume, seek)
-run in place.
+Under gevent, no librdkafka call may wait: it would block the worker's only OS thread, hub included. librdkafka
+fetches and sends in its own C threads; the greenlets only look: the reply reader takes what the fetcher queued
+with ``consume(n, 0)`` every ``POLL_STEP_S`` while requests wait (nothing at all while none does), a greenlet
+serves delivery reports with ``poll(0)`` while any is due. The few calls that must wait (watermark and metadata
+queries) run in a gevent ``ThreadPool`` thread. A pool thread per poll was tried first: the GIL hand-offs between
+it and the hub capped a worker below kafka-python (docs/broker.md).
 
 The two classes offer the subset of kafka-python's ``KafkaProducer`` / ``KafkaConsumer`` the gateway uses, with
 the same meaning, so their callers (``gateway.core.calls``, ``gateway.kafka.replies``) stay client-neutral.
