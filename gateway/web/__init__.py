@@ -10,20 +10,17 @@ reading ``current_gateway().config``.
 """
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from werkzeug.exceptions import HTTPException
 
 from ..errors import GatewayError
-from .responses import problem_response
+from .responses import error_response
 
 if TYPE_CHECKING:
     from flask import Flask, Response
 
     from ..core.runtime import Gateway
-
-log = logging.getLogger("gateway")
 
 
 def register(app: Flask, gateway: Gateway) -> None:
@@ -45,19 +42,7 @@ def register(app: Flask, gateway: Gateway) -> None:
         return response
 
     @app.errorhandler(GatewayError)
-    def _gateway_error(exc: GatewayError) -> Response:
-        return problem_response(exc)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:      # werkzeug's own 4xx (413 from MAX_CONTENT_LENGTH, ...)
-        err = GatewayError(exc.description)
-        err.status, err.code, err.title = exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), \
-            exc.name or "Error"
-        if exc.code == 413:
-            err.detail = f"the request body is larger than limits.max_body_bytes ({max_body})"
-        return problem_response(err)
-
+    @app.errorhandler(HTTPException)                       # werkzeug's own 4xx (413 from MAX_CONTENT_LENGTH, ...)
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error")
-        return problem_response(GatewayError("unexpected gateway error; see the gateway log"))
+    def _error(exc: Exception) -> Response:
+        return error_response(exc, max_body)
