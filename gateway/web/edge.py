@@ -1,6 +1,7 @@
 """The edge: one hook point every entry point passes through before the core sees a request.
 
-``admit`` is called by the proxy (plain, streamed, async and answer-on-state requests), by the async poll
+``admit`` is called by the proxy (plain, streamed, async and answer-on-state requests, on Flask's path and on the
+lean path, :mod:`gateway.web.lean`, which calls the same :func:`gateway.web.proxy.proxy_request`), by the async poll
 (``GET /requests/<id>``), by the websocket upgrade and by **every websocket request frame**. Its policy is empty
 today: nothing is refused. This is where authentication, CORS (with an ``after_request`` for the response
 headers) and rate limits plug in, once, for every entry point: append a policy to :data:`POLICIES` (or

@@ -3,8 +3,9 @@
 Only translation happens here: what the request means (a call, an async request, a stream, a wait for a state)
 is decided by :mod:`gateway.web.dispatch` and carried out by the core and the variants.
 
-:func:`proxy_request` is the whole of it, a plain function over a werkzeug request (the Flask view below calls it):
-it needs no request context.
+:func:`proxy_request` is the whole of it, a plain function over a werkzeug request: the Flask view below calls it,
+and so does the lean path (:mod:`gateway.web.lean`), which serves plain request-replies without Flask's
+per-request machinery.
 """
 from __future__ import annotations
 
