@@ -200,6 +200,14 @@ def test_request_hooks_of_another_extension_turn_the_lean_path_off() -> None:
     assert answer.status_code == 200 and answer.headers["Access-Control-Allow-Origin"] == "*"
 
 
+@pytest.mark.parametrize("setting", [{"TRUSTED_HOSTS": ["gateway.example"]}, {"SERVER_NAME": "gateway.example"}])
+def test_an_app_that_checks_the_host_sends_every_request_to_flask(setting: dict[str, Any]) -> None:
+    config = parse_config(make_config("127.0.0.1:1", SESSION_SERVICES))
+    app = create_app(config)
+    app.config.update(setting)
+    assert LeanPath(app, app.wsgi_app).services == {}
+
+
 @pytest.mark.parametrize(("method", "path", "headers", "lean"), [
     ("GET", "/echo", {}, True),
     ("GET", "/echo/a/b/", {}, True),

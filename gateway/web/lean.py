@@ -17,13 +17,14 @@ whose handlers use Flask's context; and everything, as long as the app has reque
 that the gateway did not register itself (a ``before_request``, an ``after_request`` adding CORS headers, a
 ``teardown_request``, an extension listening to ``request_started``): they need Flask's context, so with them every
 request takes Flask's path, as before. ``http.lean_path = false`` sends every request to Flask;
-``tests/test_lean_path.py`` checks that both paths answer the same.
+``tests/test_lean_path.py`` checks that both paths answer the same. (An app that makes Flask check the Host header,
+``SERVER_NAME``, ``TRUSTED_HOSTS`` or host matching, sends every request to Flask too.)
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from flask import Request, signals
+from flask import signals
 
 from ..extensions import gateway_of
 from .dispatch import choose_variant
@@ -69,8 +70,11 @@ class LeanPath:
         # a name that a route of its own begins with (/requests/<id>, /static/...) is left to Flask's router
         routed = {rule.rule.split("/")[1] for rule in app.url_map.iter_rules() if not rule.rule.startswith("/<")}
         self.services = {name: svc for name, svc in self.gw.config.services.items() if name not in routed}
+        if app.config.get("SERVER_NAME") or app.config.get("TRUSTED_HOSTS") or app.url_map.host_matching \
+                or app.subdomain_matching:
+            self.services = {}              # Flask would check the Host header: every request goes to Flask
         self.methods = frozenset(ALL_METHODS)
-        self.max_body = self.gw.config.limits.max_body_bytes
+        self.max_body = self.gw.config.limits.max_body_bytes      # for the 413's detail, as Flask's handlers
         self.hooks = request_hooks(app)     # the gateway's own (register() adds the worker header's before this)
 
     def service(self, environ: dict[str, Any]) -> ServiceConfig | None:
@@ -88,8 +92,8 @@ class LeanPath:
         svc = self.service(environ)
         if svc is None or request_hooks(self.app) != self.hooks:
             return self.flask(environ, start_response)
-        request = Request(environ)
-        request.max_content_length = self.max_body   # Flask's request reads it from app.config
+        request = self.app.request_class(environ)
+        request.max_content_length = self.app.config["MAX_CONTENT_LENGTH"]   # as Flask's request reads it
         try:
             plain = choose_variant(svc, request) is None
         except Exception:  # noqa: BLE001 - Flask's path meets it again and renders it as it always did
