@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,8 +29,8 @@ from gateway.protocol import Reply
 from gateway.web import edge
 from gateway.web.lean import LeanPath
 from tests.conftest import SESSION_SERVICES, VARIANT_SECTIONS
-from tests.support.harness import GunicornGateway, make_config, to_toml, wait_until
-from tests.test_fuzz import RawHTTP, RawResponse, fuzz, http_requests, raw_request
+from tests.support.harness import GunicornGateway, make_config, wait_until
+from tests.test_fuzz import RawHTTP, RawResponse, fuzz, http_requests, own_instance_config, send
 
 PER_REQUEST = {"date", "x-correlation-id", "x-gateway-worker"}
 # what answers differently per request or per gateway whichever path serves it: readiness and metrics, async
@@ -44,12 +43,7 @@ ELSEWHERE = (b"/readyz", b"/healthz", b"/metrics", b"/requests", b"/orders", b"/
 def flask_gateway(session_config: Path, broker, example_services, log_dir, tmp_path_factory
                   ) -> Iterator[GunicornGateway]:
     """The session's config with ``http.lean_path = false``, a reply topic and group of its own."""
-    cfg = tomllib.loads(session_config.read_text())
-    suffix = uuid.uuid4().hex[:8]
-    cfg["reply"] = {**cfg["reply"], "topic": f"replies-lean-{suffix}", "group_id": f"gw-lean-{suffix}"}
-    cfg["http"] = {**cfg.get("http", {}), "lean_path": False}
-    path = tmp_path_factory.mktemp("lean") / "gateway.toml"
-    path.write_text(to_toml(cfg))
+    path = own_instance_config(session_config, tmp_path_factory, "flaskpath", http={"lean_path": False})
     gw = GunicornGateway(path, broker.bootstrap, log_dir, workers=1)
     try:
         gw.wait_ready(60)
@@ -105,19 +99,7 @@ def comparable_requests() -> st.SearchStrategy[dict[str, Any]]:
 @example(req={"method": "GET", "path": b"/echo/x%0A", "query": None, "headers": [("Accept", b"text/event-stream")],
               "body": b"", "content_type": None, "version": b"HTTP/1.1", "fresh": False})
 def test_the_lean_path_answers_as_flask_does(connections, req):
-    head = req["method"] == "HEAD"
-    answers = []
-    for url, keepalive in connections:
-        conn = RawHTTP(url) if req["fresh"] else keepalive
-        try:
-            answers.append(conn.exchange(raw_request(req), head=head))
-        except BaseException:
-            conn.close()
-            raise
-        finally:
-            if req["fresh"]:
-                conn.close()
-    lean, flask = (comparable(a) for a in answers)
+    lean, flask = (comparable(send(req, url, keepalive)) for url, keepalive in connections)
     note(f"lean:  {lean}\nflask: {flask}")
     assert lean == flask
 
