@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from flask import current_app
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from .core.runtime import Gateway
     from .variants.runtime import Variants
 
@@ -18,9 +20,15 @@ GATEWAY = "gateway"
 VARIANTS = "variants"
 
 
+def gateway_of(app: Flask) -> Gateway:
+    """*app*'s gateway runtime (pending table, producer, reply reader): for code that runs outside Flask's
+    request context (the lean path, :mod:`gateway.web.lean`)."""
+    return app.extensions[GATEWAY]
+
+
 def current_gateway() -> Gateway:
     """The current app's gateway runtime (pending table, producer, reply reader)."""
-    return current_app.extensions[GATEWAY]
+    return gateway_of(current_app)
 
 
 def current_variants() -> Variants:

@@ -58,14 +58,24 @@ ALLOWED_REQUEST_HEADERS = ("accept", "accept-language", "user-agent", "x-request
 
 
 # -- the gateway under test, and what "healthy" means ---------------------------------------------------------------
+def own_instance_config(session_config: Path, tmp_path_factory: pytest.TempPathFactory, name: str,
+                        **sections: dict[str, Any]) -> Path:
+    """The session's config for a gateway instance of its own (its own reply topic and group), *sections* merged
+    in."""
+    cfg = tomllib.loads(session_config.read_text())
+    suffix = uuid.uuid4().hex[:8]
+    cfg["reply"] = {**cfg["reply"], "topic": f"replies-{name}-{suffix}", "group_id": f"gw-{name}-{suffix}"}
+    for section, values in sections.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    path = tmp_path_factory.mktemp(name) / "gateway.toml"
+    path.write_text(to_toml(cfg))
+    return path
+
+
 @pytest.fixture(scope="module")
 def fuzz_gateway(session_config: Path, broker, example_services, log_dir, tmp_path_factory
                  ) -> Iterator[GunicornGateway]:
-    cfg = tomllib.loads(session_config.read_text())
-    suffix = uuid.uuid4().hex[:8]
-    cfg["reply"] = {**cfg["reply"], "topic": f"replies-fuzz-{suffix}", "group_id": f"gw-fuzz-{suffix}"}
-    path = tmp_path_factory.mktemp("fuzz") / "gateway.toml"
-    path.write_text(to_toml(cfg))
+    path = own_instance_config(session_config, tmp_path_factory, "fuzz")
     gw = GunicornGateway(path, broker.bootstrap, log_dir, workers=2)
     try:
         gw.wait_ready(60)
@@ -377,6 +387,19 @@ def raw_request(req: dict[str, Any]) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + req["body"]
 
 
+def send(req: dict[str, Any], url: str, keepalive: RawHTTP) -> RawResponse:
+    """*req* (:func:`http_requests`) on a fresh connection to *url* (closed after) or on *keepalive*."""
+    conn = RawHTTP(url) if req["fresh"] else keepalive
+    try:
+        return conn.exchange(raw_request(req), head=req["method"] == "HEAD")
+    except BaseException:
+        conn.close()
+        raise
+    finally:
+        if req["fresh"]:
+            conn.close()
+
+
 @pytest.fixture(scope="module")
 def keepalive_http(fuzz_gateway: GunicornGateway) -> Iterator[RawHTTP]:
     conn = RawHTTP(fuzz_gateway.url)
@@ -396,16 +419,8 @@ def test_http_requests_get_a_clear_answer_and_never_a_gateway_500(healthy, keepa
     """Any request line, headers and body, on a keep-alive or a fresh connection: a complete response (no hang),
     no 5xx made by the gateway except 502/503/504 as problem+json, a 4xx of the gateway's own is a problem with a
     detail, echo saw exactly what was sent, and the keep-alive connection still frames responses correctly."""
-    conn = RawHTTP(healthy.url) if req["fresh"] else keepalive_http
     head = req["method"] == "HEAD"
-    try:
-        resp = conn.exchange(raw_request(req), head=head)
-    except BaseException:
-        conn.close()
-        raise
-    finally:
-        if req["fresh"]:
-            conn.close()
+    resp = send(req, healthy.url, keepalive_http)
     note(f"{resp.status} {resp.headers} {resp.body[:300]!r}")
     ctype = resp.header("Content-Type")
     from_app = resp.header("X-Gateway-Worker") is not None       # else gunicorn refused it before the app
@@ -431,7 +446,7 @@ def test_http_requests_get_a_clear_answer_and_never_a_gateway_500(healthy, keepa
             if name.lower() in ALLOWED_REQUEST_HEADERS and names.count(name.lower()) == 1:
                 assert echoed["headers"].get(name.lower()) == value.decode("latin-1").strip(" \t")
     if not req["fresh"] and not resp.closed:
-        assert conn.leftover() == b"", "bytes after the response: the connection's framing is broken"
+        assert keepalive_http.leftover() == b"", "bytes after the response: the connection's framing is broken"
 
 
 # ------------------------------------------------------------------------------------------------------------------

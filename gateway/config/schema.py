@@ -306,6 +306,10 @@ class HttpSchema(_Strict):
         fields.String(), load_default=["location", "etag", "cache-control", "last-modified", "retry-after",
                                        "x-request-id", "content-language"],
         metadata={"doc": "Reply headers copied onto the HTTP response."})
+    lean_path = fields.Boolean(
+        load_default=True,
+        metadata={"doc": "Serve plain requests to a service without Flask's per-request machinery (same checks, "
+                         "edge hook, responses and metrics; less CPU). Off: every request goes through Flask."})
 
 
 class AsyncSchema(_Strict):
@@ -431,7 +435,8 @@ class GatewaySchema(_Strict):
         http = data["http"]
         http = sections.HttpSettings(
             forward_request_headers=tuple(h.lower() for h in http.forward_request_headers),
-            forward_response_headers=tuple(h.lower() for h in http.forward_response_headers))
+            forward_response_headers=tuple(h.lower() for h in http.forward_response_headers),
+            lean_path=http.lean_path)
         return sections.Config(kafka=data["kafka"], reply=data["reply"], limits=data["limits"], http=http,
                                services=services, async_requests=data["async_requests"], websocket=data["websocket"],
                                state=data["state"])

@@ -65,10 +65,11 @@ class LimitsSettings:
 
 @dataclass(frozen=True)
 class HttpSettings:
-    """``[http]``: the headers that travel between HTTP and records (lower case)."""
+    """``[http]``: the headers that travel between HTTP and records (lower case); the lean path on or off."""
 
     forward_request_headers: tuple[str, ...]
     forward_response_headers: tuple[str, ...]
+    lean_path: bool = True
 
 
 @dataclass(frozen=True)

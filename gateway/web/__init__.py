@@ -2,6 +2,8 @@
 
 Blueprints: :mod:`.ops` (``/healthz``, ``/readyz``, ``/metrics``), :mod:`.polls` (``/requests/<id>``),
 :mod:`.websocket` (``/ws``), :mod:`.proxy` (``/<service>/...``, registered last: it takes every other path).
+In front of Flask, :mod:`.lean` serves plain requests to a service with the proxy's own function, without Flask's
+per-request machinery.
 Shared: :mod:`.edge` (the hook every entry point passes: auth, CORS, rate limits plug in there), :mod:`.requests`
 (validation), :mod:`.responses` (replies and problems), :mod:`.guard` (slow and hostile clients),
 :mod:`.dispatch` (which variant answers a proxied request), :mod:`.streaming` and :mod:`.answer_on` (the HTTP side
@@ -10,24 +12,23 @@ reading ``current_gateway().config``.
 """
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from werkzeug.exceptions import HTTPException
 
 from ..errors import GatewayError
-from .responses import problem_response
+from .responses import error_response
 
 if TYPE_CHECKING:
     from flask import Flask, Response
 
     from ..core.runtime import Gateway
 
-log = logging.getLogger("gateway")
-
 
 def register(app: Flask, gateway: Gateway) -> None:
-    """The blueprints and the one error renderer (every error is ``application/problem+json``)."""
+    """The blueprints, the one error renderer (every error is ``application/problem+json``) and, unless
+    ``http.lean_path`` is off, the lean path in front of Flask for plain requests to a service."""
+    from .lean import LeanPath, worker_header
     from .ops import bp as ops_bp
     from .polls import bp as polls_bp
     from .proxy import bp as proxy_bp
@@ -41,23 +42,13 @@ def register(app: Flask, gateway: Gateway) -> None:
 
     @app.after_request
     def _worker_header(response: Response) -> Response:   # which worker answered (polls may go to any)
-        response.headers["X-Gateway-Worker"] = gateway.worker_tag.hex()
-        return response
+        return worker_header(response, gateway)
 
     @app.errorhandler(GatewayError)
-    def _gateway_error(exc: GatewayError) -> Response:
-        return problem_response(exc)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:      # werkzeug's own 4xx (413 from MAX_CONTENT_LENGTH, ...)
-        err = GatewayError(exc.description)
-        err.status, err.code, err.title = exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), \
-            exc.name or "Error"
-        if exc.code == 413:
-            err.detail = f"the request body is larger than limits.max_body_bytes ({max_body})"
-        return problem_response(err)
-
+    @app.errorhandler(HTTPException)                       # werkzeug's own 4xx (413 from MAX_CONTENT_LENGTH, ...)
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error")
-        return problem_response(GatewayError("unexpected gateway error; see the gateway log"))
+    def _error(exc: Exception) -> Response:
+        return error_response(exc, max_body)
+
+    if gateway.config.http.lean_path:
+        app.wsgi_app = LeanPath(app, app.wsgi_app)  # type: ignore[method-assign]

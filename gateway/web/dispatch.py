@@ -8,33 +8,46 @@
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from flask import Response, request
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..variants.streams import wanted_format
 from .requests import parse_prefer
 
 if TYPE_CHECKING:
+    from flask import Response
+    from werkzeug.wrappers import Request
+
     from ..config import ServiceConfig
     from ..core.calls import ServiceRequest
     from ..core.runtime import Gateway
 
+    Variant = Callable[[Gateway, ServiceRequest, Any], Response]
 
-def dispatch_variant(gw: Gateway, svc: ServiceConfig, req: ServiceRequest, parsed: Any) -> Response | None:
-    prefs = parse_prefer(request.headers.getlist("Prefer"))
+
+def choose_variant(svc: ServiceConfig, request: Request) -> Variant | None:
+    """The handler of the variant that answers *request* (called with the gateway, the validated request and its
+    parsed JSON body), or None for a plain request-reply. Looks at the headers only; reads no body."""
+    prefer = request.headers.get("Prefer")   # one value: the server joined repeated headers (WSGI environ)
+    prefs = parse_prefer([prefer] if prefer is not None else [])
     if "respond-async" in prefs:
         from .polls import accept
-        return accept(gw, svc, req, prefs)
+        return lambda gw, req, parsed: accept(gw, svc, req, prefs)
     fmt = wanted_format(list(request.accept_mimetypes))
     if fmt is not None:
         from .streaming import stream_response
-        return stream_response(gw, svc, req, fmt)
+        return lambda gw, req, parsed: stream_response(gw, svc, req, fmt)
     on = svc.answer_on
     if on is not None:
         from . import answer_on as state
         if request.method == "GET" and request.if_none_match and "wait" in prefs:
-            return state.watch(gw, svc, prefs)
+            return lambda gw, req, parsed: state.watch(gw, svc, prefs)
         if request.method in on.methods:
-            return state.answer_on_state(gw, svc, req, parsed)
+            return lambda gw, req, parsed: state.answer_on_state(gw, svc, req, parsed)
     return None
+
+
+def dispatch_variant(gw: Gateway, svc: ServiceConfig, request: Request, req: ServiceRequest, parsed: Any
+                     ) -> Response | None:
+    """The variant's response to *request*, or None: a plain request-reply, for the caller to make."""
+    variant = choose_variant(svc, request)
+    return variant(gw, req, parsed) if variant is not None else None

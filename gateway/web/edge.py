@@ -1,6 +1,7 @@
 """The edge: one hook point every entry point passes through before the core sees a request.
 
-``admit`` is called by the proxy (plain, streamed, async and answer-on-state requests), by the async poll
+``admit`` is called by the proxy (plain, streamed, async and answer-on-state requests, on Flask's path and on the
+lean path, :mod:`gateway.web.lean`, which calls the same :func:`gateway.web.proxy.proxy_request`), by the async poll
 (``GET /requests/<id>``), by the websocket upgrade and by **every websocket request frame**. Its policy is empty
 today: nothing is refused. This is where authentication, CORS (with an ``after_request`` for the response
 headers) and rate limits plug in, once, for every entry point: append a policy to :data:`POLICIES` (or
@@ -11,9 +12,12 @@ any error (a problem response, or an error frame on the socket, which stays open
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from flask import current_app
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,11 @@ Policy = Callable[[Admission], None]
 POLICIES: list[Policy] = []
 
 
-def admit(entry: str, service: str | None, method: str, header: Callable[[str], str | None]) -> None:
-    """Run every edge policy on this request; a policy raises to refuse it."""
-    policies = [*POLICIES, *current_app.extensions.get("edge_policies", ())]
+def admit(entry: str, service: str | None, method: str, header: Callable[[str], str | None],
+          app: Flask | None = None) -> None:
+    """Run every edge policy on this request; a policy raises to refuse it. *app*: the app whose
+    ``edge_policies`` apply, when there is no app context (the lean path); else the current app."""
+    policies = [*POLICIES, *(app if app is not None else current_app).extensions.get("edge_policies", ())]
     if not policies:
         return
     admission = Admission(entry, service, method, header)

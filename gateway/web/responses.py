@@ -7,9 +7,11 @@ The reply's headers are already filtered to ``http.forward_response_headers`` by
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from flask import Response
+from werkzeug.exceptions import HTTPException
 
 from ..errors import PROBLEM_JSON, GatewayError
 from ..errors import problem_response as render_problem
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from ..config import ServiceConfig
     from ..protocol import Reply
 
+log = logging.getLogger("gateway")
 
 
 def reply_response(svc: ServiceConfig | None, reply: Reply, *, skip: tuple[str, ...] = ()) -> Response:
@@ -46,3 +49,20 @@ def problem_response(error: GatewayError, correlation_id: str | None = None) -> 
 def problem_of_dict(problem: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
     """A problem object that is already built (a service's stream error) as the response."""
     return Response(json.dumps(problem), status, {**(headers or {}), "Content-Type": PROBLEM_JSON})
+
+
+def error_response(exc: Exception, max_body_bytes: int) -> Response:
+    """Any exception a view raised, as a problem: a :class:`GatewayError` as it says, werkzeug's own 4xx (413 from
+    ``MAX_CONTENT_LENGTH``, ...) with its status, anything else a logged 500. Flask's error handlers and the lean
+    path (:mod:`gateway.web.lean`) both render through here."""
+    if isinstance(exc, GatewayError):
+        return problem_response(exc)
+    if isinstance(exc, HTTPException):
+        err = GatewayError(exc.description)
+        err.status, err.code, err.title = exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), \
+            exc.name or "Error"
+        if exc.code == 413:
+            err.detail = f"the request body is larger than limits.max_body_bytes ({max_body_bytes})"
+        return problem_response(err)
+    log.exception("unexpected error")
+    return problem_response(GatewayError("unexpected gateway error; see the gateway log"))
