@@ -507,9 +507,16 @@ def _is_terminal(frame: dict) -> bool:
     return "error" in frame or "status" in frame or frame.get("stream") in ("end", "error")
 
 
+# the session config's websocket.ping_interval_ms is the default, 25 s: a socket nobody reads misses its pong and
+# is closed at 50 s. Between the two tests that share the socket, it sits unread for as long as the tests in
+# between take (20 s on a quiet machine, over 50 s on a loaded one): past this, the holder starts a new one.
+WS_IDLE_S = 20.0
+
+
 class WSHolder:
-    """The fuzzed socket; a new one only after the gateway closed the old (which is a failure). Knows the
-    socket's worker and that worker's pending count after the last example (the next example's baseline)."""
+    """The fuzzed socket; a new one only after the gateway closed the old (which is a failure) or after it sat
+    unread for WS_IDLE_S (between tests). Knows the socket's worker and that worker's pending count after the last
+    example (the next example's baseline)."""
 
     def __init__(self, url: str) -> None:
         self.http_url = url
@@ -517,12 +524,16 @@ class WSHolder:
         self.ws: websocket.WebSocket | None = None
         self.worker = ""
         self.pending = 0
+        self.used = 0.0
 
     def get(self) -> websocket.WebSocket:
+        if self.ws is not None and time.monotonic() - self.used > WS_IDLE_S:
+            self.close()
         if self.ws is None or not self.ws.connected:
             self.ws = websocket.create_connection(self.url, timeout=40)
             self.worker = ws_ping(self.ws, [])["correlation_id"][:16]
             self.pending = pending_of(self.http_url, self.worker)
+        self.used = time.monotonic()
         return self.ws
 
     def close(self) -> None:

@@ -50,6 +50,7 @@ SERVICES = {
 }
 KEEPALIVE_S = 2                  # gunicorn --keep-alive: bounds the headers of every request
 PING_MS = 10000                  # a client that stops reading is dropped long before it misses a pong (20 s)
+SHORT_PING_MS = 1500             # the ping test's own gateway: closed at 3 s without a pong
 
 
 # -- a raw service: streams as much as asked, or replies deeply nested JSON ---------------------------------------
@@ -269,15 +270,35 @@ def test_a_websocket_client_that_stops_reading_is_dropped_and_its_requests_relea
         s.close()
 
 
-def test_a_websocket_client_that_answers_no_ping_is_closed_and_its_requests_released(edge):
-    """ping_interval_ms 10000: pinged at 10 s, closed at 20 s without a pong."""
-    s, ws = _ws_connect(edge)
+@pytest.fixture(scope="module")
+def pinging(broker: EmbeddedBroker, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[GunicornGateway]:
+    """A gateway of its own that pings every SHORT_PING_MS (the edge gateway's 10 s keeps its slow readers from
+    missing a pong, and would make the test below wait 20 s for the close)."""
+    from gateway.kafka.admin import ensure_topics, wanted_topics
+
+    cfg = make_config(broker.bootstrap, {"void": SERVICES["void"]}, websocket={"ping_interval_ms": SHORT_PING_MS})
+    ensure_topics(parse_config(cfg), wanted_topics(parse_config(cfg)))
+    gw = GunicornGateway(write_config(tmp_path_factory.mktemp("ping") / "gateway.toml", cfg), broker.bootstrap,
+                         log_dir, workers=1)
+    try:
+        gw.wait_ready(60)
+        yield gw
+    finally:
+        gw.stop()
+
+
+def test_a_websocket_client_that_answers_no_ping_is_closed_and_its_requests_released(pinging):
+    """ping_interval_ms 1500: pinged at 1.5 s, closed at 3 s without a pong (void answers nothing: 30 s)."""
+    connected = time.monotonic()
+    s, ws = _ws_connect(pinging)
     try:
         s.sendall(ws.send(TextMessage(json.dumps({"id": "held", "service": "void"}))))   # void never answers (30 s)
-        wait_until(lambda: state(edge)["pending"] == 1, 10, 0.1, "the request pending")
-        started = time.monotonic()
-        wait_pending_drained(edge.url, 1, timeout_s=28)
-        assert time.monotonic() - started < 28           # before void's 30 s deadline
+        wait_until(lambda: state(pinging)["pending"] == 1, 10, 0.1, "the request pending")
+        wait_pending_drained(pinging.url, 1, timeout_s=28)
+        released_in = time.monotonic() - connected
+        # released by the ping timeout: not before a ping went unanswered, well before void's 30 s deadline
+        assert SHORT_PING_MS / 1000 <= released_in < 28, released_in
         s.settimeout(5)
         events = []
         while not any(isinstance(e, CloseConnection) for e in events):
@@ -288,7 +309,7 @@ def test_a_websocket_client_that_answers_no_ping_is_closed_and_its_requests_rele
         close = next(e for e in events if isinstance(e, CloseConnection))
         assert any(isinstance(e, Ping) for e in events)
         assert (close.code, close.reason) == (1008, "Ping/Pong timeout")
-        wait_until(lambda: state(edge)["websockets"] == 0, 10, 0.1, "the socket gone")
+        wait_until(lambda: state(pinging)["websockets"] == 0, 10, 0.1, "the socket gone")
     finally:
         s.close()
 

@@ -1,8 +1,11 @@
 """The topic tail's read barrier, against the real broker, in a gevent-patched subprocess (as in a worker); and
 records it cannot parse are skipped (with the rest of their batch) without stopping it.
 
-The tail is given a 3 s fetch wait, so without the barrier it would see a fresh record up to 3 s late on a
-broker that holds fetches for their full wait (Tansu does). The barrier must hand the record over first.
+The tail is given a 1 s fetch wait, so without the barrier it would see a fresh record up to a second late: the
+fetch in flight when the record is produced was sent before it and comes back empty (Tansu holds a fetch for half
+its wait even when data arrives meanwhile), and the barrier's ListOffsets queues behind that fetch. The barrier
+must hand the record over before it returns. (Each barrier costs about one fetch wait, so a longer wait only makes
+the test slower: 3 s took ~1.5 s per barrier.)
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ SCRIPT = textwrap.dedent("""
     ensure_topics(config, {topic: 3})
     seen = []
     tail = TopicTail(config, topic, lambda r: seen.append((r.partition, r.value.decode())), start="end",
-                     fetch_max_wait_ms=3000)
+                     fetch_max_wait_ms=1000)
     tail.start()
     assert tail.wait_ready(30), "tail not ready"
     producer = KafkaProducer(bootstrap_servers=[bootstrap], acks="all")
