@@ -110,3 +110,28 @@ def test_a_closed_producer_refuses_and_fatal_errors_are_told(setup):  # noqa: AN
         producer.send(topic, value=b"y")
     assert is_fatal_producer_error(ProduceError("x", fatal=True))
     assert not is_fatal_producer_error(ProduceError("x", fatal=False))
+
+
+def test_a_record_python_cannot_take_apart_is_skipped_counted_and_the_next_read(setup, broker):  # noqa: ANN001
+    from tests.support.harness import RawHeaderKey, ScriptedService
+
+    config, topic, producer, _ = setup
+    skipped: list[tuple[int, int]] = []
+    consumer = RdReplyConsumer(config, on_unreadable=lambda p, o: skipped.append((p, o)))
+    requests = f"{topic}-requests"          # the service's own (it only writes into the reply topic)
+    ensure_topics(config, {requests: 1})
+    svc = ScriptedService(broker.bootstrap, [requests], lambda *_: None).start()
+    try:
+        tp = TopicPartition(topic, 2)
+        consumer.assign([tp])
+        consumer.seek_to_end(tp)
+        start = consumer.position(tp)
+        consumer.set_fetching(True)
+        svc.send(topic, b"bad", [("a", b"1"), (RawHeaderKey(b"\xff\xfe-x"), b"1")], partition=2)   # not UTF-8
+        svc.send(topic, b"good", [("a", b"1")], partition=2)
+        got = _read(consumer, 1)
+        assert [(r.value, r.offset) for r in got] == [(b"good", start + 1)]
+        assert skipped == [(2, start)]
+    finally:
+        svc.stop()
+        consumer.close()

@@ -158,7 +158,8 @@ class ReplyReader:
     def _new_consumer(self) -> KafkaConsumer:
         if self.config.kafka.client == "librdkafka":
             from .librdkafka import RdReplyConsumer
-            return RdReplyConsumer(self.config)   # type: ignore[return-value] - KafkaConsumer's subset used here
+            return RdReplyConsumer(self.config,   # type: ignore[return-value] - KafkaConsumer's subset used here
+                                   on_unreadable=lambda _p, _o: metrics.reply_outcome(Outcome.INVALID.value).inc())
         return KafkaConsumer(
             **self.config.kafka_client_kwargs(), group_id=None, enable_auto_commit=False,
             # New partitions are positioned explicitly (seek_to_end); "earliest" only applies when a position
