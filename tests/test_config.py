@@ -165,3 +165,11 @@ def test_readme_configuration_table_is_the_schema():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("<!-- config-table:start -->\n", 1)[1].split("<!-- config-table:end -->", 1)[0]
     assert section.strip() == config_table().strip(), "README out of date: paste `gateway config-docs` output"
+
+
+def test_librdkafka_properties_are_passed_as_given_and_only_plain_values_accepted():
+    cfg = parse_config({"services": SVC, "kafka": {"librdkafka": {"fetch.queue.backoff.ms": 10, "debug": "fetch"}}})
+    assert cfg.kafka.librdkafka == {"fetch.queue.backoff.ms": 10, "debug": "fetch"}
+    assert parse_config({"services": SVC}).kafka.librdkafka == {}
+    msg = _err({"services": SVC, "kafka": {"librdkafka": {"debug": ["fetch"]}}})
+    assert "kafka.librdkafka" in msg and "debug" in msg and "strings, numbers or booleans" in msg

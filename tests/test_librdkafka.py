@@ -100,6 +100,30 @@ def test_positions_survive_reassignment_and_a_paused_reader_loses_nothing(setup)
     assert consumer.poll(timeout_ms=500) == {}
 
 
+def test_a_reader_pauses_only_after_a_whole_idle_period_every_time(setup):  # noqa: ANN001
+    """Every request ends an idle gap; pausing on a short one would restart the fetch (librdkafka fetches the
+    in-flight records again for the new fetch version: twice the broker's work, and late replies). gevent's one-shot
+    timer, once fired, fires at once on its next start(): so it must pause once per idle period, also after the
+    first pause."""
+    config, topic, producer, consumer = setup
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek_to_end(tp)
+    for round_ in (1, 2):
+        for i in range(15):                     # busy, then idle for much less than IDLE_PAUSE_S: no pause
+            consumer.set_fetching(True)
+            producer.send(topic, value=b"%d-%d" % (round_, i), partition=0).get(10)
+            assert [r.value for r in _read(consumer, 1)] == [b"%d-%d" % (round_, i)]
+            consumer.set_fetching(False)
+            gevent.sleep(IDLE_PAUSE_S / 20)
+        assert consumer.pauses == round_ - 1
+        deadline = time.monotonic() + IDLE_PAUSE_S + 5
+        while consumer.pauses < round_ and time.monotonic() < deadline:    # a whole idle period: paused once
+            gevent.sleep(0.05)
+        assert consumer.pauses == round_
+    assert consumer.poll(timeout_ms=300) == {}             # nothing read twice
+
+
 def test_a_closed_producer_refuses_and_fatal_errors_are_told(setup):  # noqa: ANN001
     config, topic, producer, consumer = setup
     callbacks: list = []

@@ -24,7 +24,7 @@ def schema_docs() -> list[tuple[str, str, str, str]]:
                             ("services.<name>.key", KeySchema), ("services.<name>.answer_on", AnswerOnSchema)):
         for name, field in schema().fields.items():
             default = "required" if field.required else field.load_default
-            rows.append((f"{section}.{name}", type(field).__name__, repr(default) if not callable(default) else "",
+            rows.append((f"{section}.{name}", type(field).__name__, repr(default() if callable(default) else default),
                          field.metadata.get("doc", "")))
     return rows
 

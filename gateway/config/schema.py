@@ -110,12 +110,23 @@ class KafkaSchema(_Strict):
     compression_type = fields.String(load_default=None, allow_none=True,
                                      validate=validate.OneOf(["gzip", "snappy", "lz4", "zstd"]),
                                      metadata={"doc": "Producer compression (none by default)."})
+    librdkafka = fields.Dict(
+        keys=fields.String(), values=fields.Raw(), load_default=dict,
+        metadata={"doc": "With client = \"librdkafka\": librdkafka properties passed as they are to the request "
+                         "producer and the reply reader, after the gateway's own (which they override), e.g. "
+                         "{ \"debug\" = \"fetch\" } or { \"fetch.queue.backoff.ms\" = 10 }. Names and values as "
+                         "librdkafka's CONFIGURATION.md gives them; an unknown name stops the worker at start with "
+                         "librdkafka's message. Secrets set here are not logged."})
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
         if data["client"] == "librdkafka" and importlib.util.find_spec("confluent_kafka") is None:
             raise ValidationError("client = \"librdkafka\" needs confluent-kafka, which is not installed: pip install "
                                   "'kafka-rest-gateway[librdkafka]' (or set client = \"kafka-python\")", "client")
+        bad = [k for k, v in data["librdkafka"].items() if not isinstance(v, (str, int, float, bool))]
+        if bad:
+            raise ValidationError(f"librdkafka values must be strings, numbers or booleans (not for {bad})",
+                                  "librdkafka")
         if data["heartbeat_interval_ms"] * 2 > data["session_timeout_ms"]:
             raise ValidationError(
                 f"heartbeat_interval_ms ({data['heartbeat_interval_ms']}) must be at most half of session_timeout_ms "

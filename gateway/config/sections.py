@@ -35,6 +35,7 @@ class KafkaSettings:
     replication_factor: int | None
     min_insync_replicas: int | None
     compression_type: str | None
+    librdkafka: dict[str, str | int | float | bool]
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,7 @@ class RdProducer:
         }
         if not k.enable_idempotence:
             settings["message.send.max.retries"] = 0   # as gateway_sdk.clients.producer_settings: no double writes
+        settings.update(k.librdkafka)                  # the operator's own, last
         self._producer = Producer(settings)
         self._pool = ThreadPool(1)                   # the calls that wait (flush, metadata), one at a time
         self._outstanding = 0                        # records sent, delivery not reported yet
@@ -248,6 +249,7 @@ class RdReplyConsumer:
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": config.kafka.fetch_max_wait_ms, "fetch.min.bytes": 1,
             "enable.partition.eof": False,
+            **config.kafka.librdkafka,                  # the operator's own, last
         })
         self._max_records = max_records
         self._pool = ThreadPool(1)       # every call that waits, one at a time
@@ -255,8 +257,12 @@ class RdReplyConsumer:
         self._active: set[tuple[str, int]] = set()                 # handed to librdkafka
         self._fetching = False          # the reader resumes fetching when a request waits
         self._paused = True             # partitions are handed to librdkafka paused while not fetching
-        # pausing costs a fetch restart (~1 ms, and CPU) on the next request: only after IDLE_PAUSE_S of idleness
-        self._pause_timer = gevent.get_hub().loop.timer(IDLE_PAUSE_S)
+        # pausing costs a fetch restart on the next request (a new fetch version: what was fetched for the old one
+        # is fetched again), so only after IDLE_PAUSE_S of idleness. libev's idle-timeout idiom: a repeating timer
+        # re-armed with again(). A one-shot timer that already fired would fire at once on its next start() (it
+        # keeps its old expiry): that paused after every request (tests/test_librdkafka.py counts pauses)
+        self._pause_timer = gevent.get_hub().loop.timer(IDLE_PAUSE_S, IDLE_PAUSE_S)
+        self.pauses = 0                 # times fetching was paused (idle for IDLE_PAUSE_S)
 
     @staticmethod
     def _key(tp: Any) -> tuple[str, int]:
@@ -317,15 +323,16 @@ class RdReplyConsumer:
         if fetching == self._fetching:
             return
         self._fetching = fetching
-        if fetching:
-            self._pause_timer.stop()
-            if self._paused:
-                self._pause(False)
-        else:
-            self._pause_timer.stop()
-            self._pause_timer.start(self._pause, True)
+        self._pause_timer.stop()
+        if not fetching:
+            self._pause_timer.again(self._pause, True)
+        elif self._paused:
+            self._pause(False)
 
     def _pause(self, pause: bool) -> None:
+        if pause:
+            self._pause_timer.stop()
+            self.pauses += 1
         self._paused = pause
         tps = [RdTopicPartition(t, p) for t, p in self._active]
         if tps:
