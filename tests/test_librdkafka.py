@@ -124,6 +124,32 @@ def test_a_reader_pauses_only_after_a_whole_idle_period_every_time(setup):  # no
     assert consumer.poll(timeout_ms=300) == {}             # nothing read twice
 
 
+def test_records_sent_in_one_turn_keep_their_order_and_a_refused_one_fails_alone(setup):  # noqa: ANN001
+    """send() hands records to librdkafka at the end of the event loop's turn, together: their order per
+    partition is the order of the sends, and a record librdkafka refuses fails through its errback only."""
+    config, topic, producer, consumer = setup
+    too_big = b"x" * (2 * max(1048576, config.limits.max_body_bytes + 65536))     # over message.max.bytes
+    failed: list[BaseException] = []
+    deliveries = []
+    for i in range(60):                             # no yield: one turn
+        value = too_big if i == 30 else b"%d" % i
+        d = producer.send(topic, value=value, partition=0)
+        if i == 30:
+            d.add_errback(failed.append)
+        else:
+            deliveries.append((i, d))
+    metas = [(i, d.get(10)) for i, d in deliveries]
+    assert len(failed) == 1 and isinstance(failed[0], ProduceError) and "MSG_SIZE_TOO_LARGE" in str(failed[0])
+    offsets = [m.offset for _, m in metas]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 59          # in send order, each once
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek(tp, offsets[0])
+    consumer.set_fetching(True)
+    assert [r.value for r in _read(consumer, 59)] == [b"%d" % i for i, _ in deliveries]
+    assert producer._outstanding == 0               # noqa: SLF001 - nothing counted twice or left behind
+
+
 def test_a_closed_producer_refuses_and_fatal_errors_are_told(setup):  # noqa: ANN001
     config, topic, producer, consumer = setup
     callbacks: list = []

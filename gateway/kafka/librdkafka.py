@@ -151,6 +151,9 @@ class RdProducer:
         self._producer = Producer(settings)
         self._pool = ThreadPool(1)                   # the calls that wait (flush, metadata), one at a time
         self._outstanding = 0                        # records sent, delivery not reported yet
+        # records sent in this turn of the event loop, handed to librdkafka together at its end (_hand_over)
+        self._queued: list[tuple[str, bytes | None, bytes | None, Any, int, Delivery]] = []
+        self._loop = gevent.get_hub().loop
         self._wake = Event()
         self._closed = False
         self._serving = gevent.spawn(self._serve)
@@ -175,22 +178,39 @@ class RdProducer:
     # -- KafkaProducer's subset --------------------------------------------------------------------------------
     def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
              headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> Delivery:
+        """Queue a record; it reaches librdkafka at the end of this turn of the event loop, with every other record
+        sent in that turn. With linger.ms = 0 librdkafka sends a record the moment it gets one; the gateway's
+        greenlets send one at a time, so each record went in its own produce request and its own batch (what
+        kafka-python and aiokafka batch by themselves: records sent while their I/O waits). Handed over together,
+        they share requests and batches, and nothing waits for a linger. A record librdkafka refuses fails through
+        the delivery's errback (the request answers 503, as a failed delivery does)."""
         if self._closed:
             raise ProduceError("the producer is closed")
         delivery = Delivery()
-        report = self._report
-        try:
-            self._producer.produce(topic, value=value, key=key, headers=headers,
-                                   partition=-1 if partition is None else partition,
-                                   on_delivery=lambda err, msg: report(delivery, err, msg))
-        except BufferError:
-            raise ProduceError("librdkafka's send queue is full") from None
-        except KafkaException as exc:
-            raise ProduceError.of(exc.args[0]) from None
+        if not self._queued:
+            self._loop.run_callback(self._hand_over)
+        self._queued.append((topic, value, key, headers, -1 if partition is None else partition, delivery))
         self._outstanding += 1
         if self._outstanding == 1:
             self._wake.set()
         return delivery
+
+    def _hand_over(self) -> None:
+        """In the hub, after the greenlets that ran in this turn: produce() never blocks (a full queue raises)."""
+        queued, self._queued = self._queued, []
+        produce, report = self._producer.produce, self._report
+        refused: list[tuple[Delivery, ProduceError]] = []
+        for topic, value, key, headers, partition, delivery in queued:
+            try:
+                produce(topic, value=value, key=key, headers=headers, partition=partition,
+                        on_delivery=lambda err, msg, d=delivery: report(d, err, msg))
+            except BufferError:
+                refused.append((delivery, ProduceError("librdkafka's send queue is full")))
+            except KafkaException as exc:
+                refused.append((delivery, ProduceError.of(exc.args[0])))
+        if refused:     # the errbacks may block (they re-create the producer on a fatal error): not in the hub
+            self._outstanding -= len(refused)
+            gevent.spawn(lambda: [d.resolve(None, e) for d, e in refused])
 
     def refresh_metadata(self, timeout_s: float = 5.0) -> None:
         """Metadata now (kafka-python: ``request_metadata_update``): after an outage partitions may have vanished."""
@@ -256,7 +276,10 @@ class RdReplyConsumer:
         self._positions: dict[tuple[str, int], int | None] = {}   # assigned partitions -> next offset (None: unknown)
         self._active: set[tuple[str, int]] = set()                 # handed to librdkafka
         self._fetching = False          # the reader resumes fetching when a request waits
-        self._paused = True             # partitions are handed to librdkafka paused while not fetching
+        # not fetching, the partitions are not handed to librdkafka at all (only their positions kept here):
+        # librdkafka's resume() leaves its broker thread asleep until its next timeout (~500 ms per request after
+        # an idle second, confluent-kafka-go#630), an assign wakes it at once
+        self._paused = True
         # pausing costs a fetch restart on the next request (a new fetch version: what was fetched for the old one
         # is fetched again), so only after IDLE_PAUSE_S of idleness. libev's idle-timeout idiom: a repeating timer
         # re-armed with again(). A one-shot timer that already fired would fire at once on its next start() (it
@@ -290,13 +313,13 @@ class RdReplyConsumer:
 
     def _place(self, positions: dict[tuple[str, int], int]) -> None:
         """Read *positions* from these offsets (unassign + assign: a seek right after an assign can find the
-        partition's fetcher not started yet)."""
+        partition's fetcher not started yet); while paused, only remember them."""
+        self._positions.update(positions)
+        if self._paused:
+            return
         self._unassign(list(positions))
         self._consumer.incremental_assign([RdTopicPartition(t, p, off) for (t, p), off in positions.items()])
         self._active.update(positions)
-        self._positions.update(positions)
-        if self._paused:
-            self._consumer.pause([RdTopicPartition(t, p) for t, p in positions])
 
     def seek(self, partition: Any, offset: int) -> None:
         self._place({self._key(partition): offset})
@@ -334,9 +357,10 @@ class RdReplyConsumer:
             self._pause_timer.stop()
             self.pauses += 1
         self._paused = pause
-        tps = [RdTopicPartition(t, p) for t, p in self._active]
-        if tps:
-            (self._consumer.pause if pause else self._consumer.resume)(tps)
+        if pause:
+            self._unassign(list(self._active))
+        else:
+            self._place({k: off for k, off in self._positions.items() if off is not None})
 
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Record]]:
         from kafka import TopicPartition
@@ -362,9 +386,11 @@ class RdReplyConsumer:
                 log.debug("reply consumer: %s", err)
                 continue
             key = (m.topic(), m.partition())
-            if key not in positions:          # released meanwhile
-                continue
             offset = m.offset()
+            # released meanwhile, or fetched before a pause and read already (librdkafka drops what it fetched for
+            # an unassigned partition; this keeps a position from ever going back)
+            if key not in positions or offset < (positions[key] or 0):
+                continue
             positions[key] = offset + 1
             try:
                 headers = m.headers() or []
