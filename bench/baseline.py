@@ -33,7 +33,8 @@ class Baseline:
         kafka = {"bootstrap_servers": self.a.bootstrap, "request_timeout_ms": 5000}
         # the gateway's delivery settings (its defaults: acks=all, idempotent), passed by the bench from its config
         acks = self.a.acks if self.a.acks == "all" else int(self.a.acks)
-        self.producer = AIOKafkaProducer(**kafka, acks=acks, linger_ms=0, enable_idempotence=self.a.idempotence)
+        self.producer = AIOKafkaProducer(**kafka, acks=acks, linger_ms=self.a.linger_ms,
+                                         enable_idempotence=self.a.idempotence)
         self.consumer = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False,
                                          fetch_max_wait_ms=self.a.fetch_max_wait_ms, max_poll_records=2000)
         await self.producer.start()
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--fetch-max-wait-ms", type=int, default=10, help="the gateway's default (10)")
     parser.add_argument("--timeout-s", type=float, default=5.0)
     parser.add_argument("--acks", default="all", help="producer acks, the gateway's kafka.acks (all)")
+    parser.add_argument("--linger-ms", type=int, default=0, help="producer linger, the gateway's kafka.linger_ms")
     parser.add_argument("--idempotence", action=argparse.BooleanOptionalAction, default=True,
                         help="idempotent producer, the gateway's kafka.enable_idempotence (on)")
     args = parser.parse_args()

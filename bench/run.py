@@ -173,7 +173,8 @@ class Bench:
                                       "--fetch-max-wait-ms", str(self.s.fetch_max_wait_ms),
                                       # aiokafka's idempotent producer does not start on the embedded
                                       # broker (UnknownError from InitProducerId): acks only
-                                      "--acks", str(config.kafka.acks), "--no-idempotence"],
+                                      "--acks", str(config.kafka.acks), "--no-idempotence",
+                                      "--linger-ms", str(config.kafka.linger_ms)],
                          base_env(bootstrap), self.log_dir)
         stack.callback(server.stop)
         url = f"http://127.0.0.1:{port}{PATH}"
