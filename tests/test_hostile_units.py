@@ -81,6 +81,11 @@ def test_output_buffer_bounds_records_and_bytes_and_keeps_totals():
     blocked = True
     assert not burst.put(5, 1)                       # over the bound while a write is stuck: refused
     burst.clear()
+    blocked = False
+    capped = OutputBuffer(max_records=1000, max_bytes=100, writer_blocked=lambda: blocked, burst_bytes=200)
+    assert [capped.put(i, 60) for i in range(6)] == [True] * 5 + [False]   # a writer that never ran: 300 at most
+    assert capped.bytes == 300
+    capped.clear()
 
 
 def test_a_stream_that_outgrows_its_buffer_ends_with_slow_consumer_and_releases_its_waiter():

@@ -46,6 +46,11 @@ class Totals:
     bytes = 0
 
 
+# what one fetch of a reply partition may bring at once: kafka-python's max_partition_fetch_bytes and librdkafka's
+# max.partition.fetch.bytes (both 1 MiB by default, and the gateway sets neither)
+FETCH_BYTES = 1024 * 1024
+
+
 class OutputBuffer:
     """What waits to be written to one client (a streaming response, a websocket): a gevent queue bounded by
     records and bytes while the client does not read.
@@ -53,22 +58,25 @@ class OutputBuffer:
     :meth:`put` refuses what would pass a bound while *writer_blocked* says a write to the client is stuck (its
     receive window is full), so the caller can drop the slow client. While the writer is not blocked the bound
     may be passed: the reply reader hands over a whole fetch at once (without yielding), and a client that reads
-    fine must not be dropped for a burst its writer is about to drain. So what one client holds is at most the
-    bound plus one fetch of its reply partition. One record is always accepted, however large; :meth:`put_final`
-    always succeeds (the last word: an error, an end marker)."""
+    fine must not be dropped for a burst its writer is about to drain. By *burst_bytes* (one fetch of a reply
+    partition) at most, though: on a loaded worker the writer may not run between two fetches, and what one client
+    holds must stay bounded even then (a writer that did not get to write a whole fetch is as good as blocked).
+    One record is always accepted, however large; :meth:`put_final` always succeeds (the last word: an error, an
+    end marker)."""
 
     def __init__(self, max_records: int, max_bytes: int,
-                 writer_blocked: Callable[[], bool] = lambda: True) -> None:
+                 writer_blocked: Callable[[], bool] = lambda: True, burst_bytes: int = FETCH_BYTES) -> None:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.writer_blocked = writer_blocked
+        self.burst_bytes = burst_bytes
         self.records = 0
         self.bytes = 0
         self._queue: Queue = Queue()
 
     def put(self, item: Any, size: int) -> bool:
-        if (self.records and (self.records + 1 > self.max_records or self.bytes + size > self.max_bytes)
-                and self.writer_blocked()):
+        if self.records and (self.records + 1 > self.max_records or self.bytes + size > self.max_bytes) and (
+                self.bytes + size > self.max_bytes + self.burst_bytes or self.writer_blocked()):
             return False
         self._add(item, size)
         return True
