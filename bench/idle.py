@@ -39,7 +39,7 @@ class IdleResult:
         return [(n, v) for n, v in self.cpu.items() if n.startswith("worker")]
 
     def markdown(self) -> str:
-        rows = [f"Idle `./dev run` (measured {self.duration_s:g} s, default settings; % of one core):", "",
+        rows = [f"Idle `./dev run` (measured {self.duration_s:g} s, its conf/gateway.toml; % of one core):", "",
                 "| process | CPU % |", "|---|---:|"]
         rows += [f"| {n} | {v:.1f} |" for n, v in sorted(self.cpu.items(), key=lambda kv: -kv[1])]
         rows.append(f"| **all of `./dev run`** | **{self.total_pct:.1f}** |")

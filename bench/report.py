@@ -23,7 +23,7 @@ PATHS = {
     "ceiling": "ceiling: wrk → gunicorn (2 gevent workers) → bare Flask constant",
 }
 WORKER_CPU_MS = 0.6       # target: gateway workers' CPU per request
-IDLE_WORKER_PCT = 3.0     # target: one idle worker, default settings
+IDLE_WORKER_PCT = 3.0     # target: one idle worker (issue 9: with the default settings, bench.idledefaults)
 IDLE_DEV_RUN_PCT = 25.0   # target: `./dev run` left idle, all its processes
 
 
@@ -136,7 +136,9 @@ def targets(results: dict[Cell, CellResult], idle: IdleResult | None, other_limi
     if idle is not None:
         disturbed = [f"idle other load {idle.other_pct:.0f}%"] if idle.other_pct > other_limit else []
         worst = max(idle.workers(), key=lambda kv: kv[1], default=("worker", float("nan")))
-        out.append(Target(f"an idle gateway worker (default settings) ≤ {IDLE_WORKER_PCT:g}% of a core",
+        out.append(Target("an idle gateway worker of `./dev run` (conf/gateway.toml: the embedded broker's short "
+                          "fetch waits; the defaults: `python -m bench.idledefaults`) "
+                          f"≤ {IDLE_WORKER_PCT:g}% of a core",
                           worst[1], IDLE_WORKER_PCT, False,
                           ", ".join(f"{n} {v:.1f}%" for n, v in idle.workers()), disturbed))
         out.append(Target(f"`./dev run` left idle, all its processes ≤ {IDLE_DEV_RUN_PCT:g}% of one core",

@@ -45,10 +45,10 @@ class KafkaSchema(_Strict):
         metadata={"doc": "The Kafka client of the hot path (the request producer and the reply reader): "
                          "kafka-python (pure Python) or librdkafka (confluent-kafka, `pip install "
                          "'kafka-rest-gateway[librdkafka]'`: its network I/O runs in C threads; measured on the "
-                         "embedded broker: the asyncio baseline's p50 at 1 client, the same worker CPU per request, "
-                         "but three times the broker's CPU per request, README \"Benchmarks\"). Group membership, "
-                         "admin and the variants' tails use kafka-python either way; the other settings here apply "
-                         "to both."})
+                         "embedded broker: p50 at 1 client below the asyncio baseline's, less worker CPU per "
+                         "request, but about twice the broker's CPU per request, README \"Benchmarks\"). Group "
+                         "membership, admin and the variants' tails use kafka-python either way; the other settings "
+                         "here apply to both."})
     bootstrap_servers = fields.List(fields.String(), load_default=["localhost:9092"],
                                     metadata={"doc": "Brokers to bootstrap from (host:port)."})
     client_id = fields.String(load_default="kafka-rest-gateway", metadata={"doc": "Client id sent to the broker."})
