@@ -208,6 +208,8 @@ class RdProducer:
                 refused.append((delivery, ProduceError("librdkafka's send queue is full")))
             except KafkaException as exc:
                 refused.append((delivery, ProduceError.of(exc.args[0])))
+            except Exception as exc:  # noqa: BLE001 - in the hub: one record must not cost the others their delivery
+                refused.append((delivery, ProduceError(f"{type(exc).__name__}: {exc}")))
         if refused:     # the errbacks may block (they re-create the producer on a fatal error): not in the hub
             self._outstanding -= len(refused)
             gevent.spawn(lambda: [d.resolve(None, e) for d, e in refused])
