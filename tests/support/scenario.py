@@ -27,6 +27,9 @@ class Run:
     produced: Counter | None = None   # token -> records on the request topic (None: not counted)
     error: str = ""
     log_dir: str = ""
+    # failed requests whose request record is stored once and no reply record exists: the service never read it
+    # (the embedded broker can hide a record from a tailing consumer, docs/broker.md; not the gateway's loss)
+    unread_by_service: list[str] = field(default_factory=list)
 
     def phase(self, *names: str) -> list[Result]:
         return [r for r in self.results if r.phase in names]
@@ -68,6 +71,8 @@ class Run:
                          + ("each as expected" if not bad else
                             "; ".join(f"{k}: {len(v)} (e.g. {v[:3]})" for k, v in bad.items())))
         lines.append(f"  replies: {self.replies}")
+        if self.unread_by_service:
+            lines.append(f"  never read by the service (stored once, no reply record): {self.unread_by_service}")
         lines.append("  events: " + ", ".join(f"{name} @{t:.3f}" for t, name in self.events))
         for k, v in self.facts.items():
             if isinstance(v, list):
@@ -194,6 +199,9 @@ class Scenario:
         self.facts["failed_traced"] = [
             f"[{r.phase}] client {r.client} start={r.start:.3f} end={r.end:.3f} {r.status} {r.error} "
             f"cid={r.correlation_id}: {found.get(r.correlation_id) or 'no record found'}" for r in failed]
+        self.run.unread_by_service = [
+            r.correlation_id for r in failed if r.error == "reply_timeout"
+            and len(records := found.get(r.correlation_id) or []) == 1 and " reply->" in records[0]]
         # what the gateway and the services said about it: a CI machine's logs are gone after the run
         self.facts["warnings_in_logs"] = _warnings(Path(self.run.log_dir))
 
