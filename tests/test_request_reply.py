@@ -20,6 +20,13 @@ def test_1000_concurrent_requests_each_get_their_own_reply(gateway):
     import http.client
     from urllib.parse import urlparse
 
+    def settled(m: str) -> bool:   # both workers own their partitions and read no other (nothing borrowed)
+        return metric_value(m, "gateway_workers_ready") == 2 and \
+            metric_value(m, "gateway_reply_partitions_owned") == metric_value(m, "gateway_reply_partitions_read")
+
+    # a worker serves on a borrowed partition until the group assigns it its own; another worker reading that
+    # partition meanwhile sees its replies (foreign, by design): this test's claim needs the settled group
+    wait_until(lambda: settled(gateway.metrics()), 30, 0.1, "the reply group settled")
     before = gateway.metrics()
     host = urlparse(gateway.url)
     n = 1000

@@ -355,11 +355,10 @@ class RdReplyConsumer:
             self._pause(False)
 
     def _pause(self, pause: bool) -> None:
+        self._paused = pause
         if pause:
             self._pause_timer.stop()
             self.pauses += 1
-        self._paused = pause
-        if pause:
             self._unassign(list(self._active))
         else:
             self._place({k: off for k, off in self._positions.items() if off is not None})
