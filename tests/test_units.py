@@ -277,3 +277,73 @@ def test_reply_headers_outside_the_forward_list_are_dropped_unchecked_inside_it_
     with pytest.raises(ProtocolError) as err:
         decode_reply(b"", headers, forward=("location", "set-cookie"))
     assert err.value.correlation_id == corr
+
+
+def test_settled_config_reads_every_gunicorn_setting_as_gunicorn_does():
+    """The worker reads gunicorn's settings through SettledConfig (cached): every setting and property must read
+    the same as through gunicorn's Config, unknown names must fail as there, and set() must not leave a stale value."""
+    from gunicorn.config import Config
+
+    from gateway.serve.worker import SettledConfig
+
+    cfg = Config()
+    cfg.set("keepalive", 7)
+    settled = SettledConfig(cfg)
+    names = [*cfg.settings, "is_ssl", "address", "uid", "gid", "proc_name", "logger_class", "ssl_options", "env",
+             "sendfile", "reuse_port", "worker_class_str", "worker_class"]
+    for name in names:
+        assert getattr(settled, name) == getattr(cfg, name), name
+        assert getattr(settled, name) == getattr(cfg, name), name      # the cached read too
+    assert settled.keepalive == 7
+    settled.set("keepalive", 9)
+    assert settled.keepalive == 9 == cfg.keepalive
+    with pytest.raises(AttributeError, match="No configuration setting for: no_such_setting"):
+        _ = settled.no_such_setting
+
+
+@pytest.mark.timeout(30)
+def test_deadlines_expire_exactly_the_unanswered_waiters_and_stay_bounded():
+    """One timer for every one-shot deadline (gateway.core.pending.Deadlines): a waiter still in the table is woken
+    with neither reply nor error at its deadline (never before it, at most a resolution late, in deadline order
+    whatever the order of adding); an answered or removed one is left alone; stale entries do not pile up."""
+    import gevent
+
+    from gateway.core.pending import Deadlines
+
+    tag = b"T" * 8
+    table = PendingTable(tag, capacity=10_000)
+    start = time.monotonic()
+    waiters = [OneShot(P.new_correlation_id(tag), 0, start + 0.05 + 0.01 * (i % 7)) for i in range(60)]
+    for w in reversed(waiters):
+        table.register(w)
+        table.deadlines.add(w)
+    answered, removed = waiters[::3], waiters[1::3]
+    for w in answered:
+        table.resolve(_reply(w.correlation_id))
+    for w in removed:
+        table.remove(w.correlation_id)
+    woken_at: dict[bytes, float] = {}
+
+    def wait(w: OneShot) -> None:
+        w.event.wait()
+        woken_at[w.correlation_id] = time.monotonic()
+
+    rest = [w for w in waiters if w not in answered and w not in removed]
+    gevent.joinall([gevent.spawn(wait, w) for w in rest], timeout=5, raise_error=True)
+    assert len(woken_at) == len(rest)
+    for w in rest:
+        assert w.expired and w.reply is None and w.error is None
+        assert w.deadline <= woken_at[w.correlation_id] < w.deadline + Deadlines.RESOLUTION_S + 0.2
+    assert all(not w.expired for w in answered) and all(w.reply is not None for w in answered)
+    assert all(not w.event.is_set() for w in removed)      # nobody waits on them: nothing to wake
+    assert len(table.deadlines) == 0                        # every entry dropped once its time came
+    for w in rest:
+        table.remove(w.correlation_id)                      # as the request's Call.close does
+
+    # answered entries far in the future do not accumulate: the heap is rebuilt from the live ones
+    for _ in range(5_000):
+        w = OneShot(P.new_correlation_id(tag), 0, time.monotonic() + 3600)
+        table.register(w)
+        table.deadlines.add(w)
+        table.resolve(_reply(w.correlation_id))
+    assert len(table) == 0 and len(table.deadlines) <= 1024 + 1

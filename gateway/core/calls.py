@@ -47,12 +47,13 @@ class ServiceRequest:
 class Call:
     """One request in flight, from registration (in :func:`open_call`) to :meth:`close` (idempotent)."""
 
-    __slots__ = ("gw", "svc", "waiter", "_open")
+    __slots__ = ("gw", "svc", "waiter", "timeout_ms", "_open")
 
-    def __init__(self, gw: Gateway, svc: ServiceConfig, waiter: Waiter) -> None:
+    def __init__(self, gw: Gateway, svc: ServiceConfig, waiter: Waiter, timeout_ms: int) -> None:
         self.gw = gw
         self.svc = svc
         self.waiter = waiter
+        self.timeout_ms = timeout_ms
         self._open = True
         metrics.child(metrics.IN_FLIGHT, svc.name).inc()
 
@@ -81,12 +82,13 @@ class Call:
         waiter = self.waiter
         assert isinstance(waiter, OneShot)
         try:
-            if not waiter.event.wait(max(0.0, waiter.deadline - time.monotonic())):
-                metrics.child(metrics.TIMEOUTS, self.svc.name).inc()
-                raise ReplyTimeout(f"{self.svc.name} did not reply within {self.svc.timeout_ms} ms")
+            self.gw.pending.deadlines.add(waiter)   # wakes the waiter at its deadline (one timer for all)
+            waiter.event.wait()
             if waiter.error is not None:
                 raise waiter.error
-            assert waiter.reply is not None
+            if waiter.reply is None:
+                metrics.child(metrics.TIMEOUTS, self.svc.name).inc()
+                raise ReplyTimeout(f"{self.svc.name} did not reply within {self.timeout_ms} ms")
             return waiter.reply
         except GatewayError as exc:
             exc.extra.setdefault("correlation_id", self.correlation_id.hex())
@@ -133,7 +135,7 @@ def open_call(gw: Gateway, svc: ServiceConfig, waiter_factory: Callable[[bytes, 
     gw.unacked[correlation_id] = waiter
     future.add_callback(lambda _: gw.unacked.pop(correlation_id, None))
     future.add_errback(on_error)
-    return Call(gw, svc, waiter)
+    return Call(gw, svc, waiter, timeout_ms)
 
 
 def call(gw: Gateway, svc: ServiceConfig, request: ServiceRequest) -> Reply:

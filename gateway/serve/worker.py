@@ -56,9 +56,38 @@ def bytes_waiting(sock: Any) -> int:
         return 0
 
 
+class SettledConfig:
+    """gunicorn's settings as one worker reads them: each setting looked up once, then a plain attribute.
+
+    gunicorn's ``Config.__getattr__`` looks every setting up in its table and calls ``Setting.get()``, and its HTTP
+    code reads settings per request (parsing, forwarded-header policy, keep-alive, chunking, the access log): 5% of
+    a loaded worker's CPU samples (``python -m bench.profile``). A worker's settings never change once it runs (a
+    reload starts new workers), so the worker reads them through this. :meth:`set` still reaches gunicorn's
+    ``Config`` and forgets the cached value. Only the worker's public ``cfg`` attribute is swapped;
+    ``tests/test_units.py`` checks that every setting reads the same through it."""
+
+    def __init__(self, cfg: Any) -> None:
+        object.__setattr__(self, "wrapped", cfg)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.wrapped, name)      # AttributeError as gunicorn raises it for an unknown name
+        object.__setattr__(self, name, value)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.wrapped, name, value)
+        self.__dict__.pop(name, None)
+
+    def set(self, name: str, value: Any) -> None:
+        self.wrapped.set(name, value)
+        self.__dict__.pop(name, None)
+
+
 class GatewayWorker(GeventWorker):
     def init_process(self) -> None:
         self._conns: dict[gevent.Greenlet, _Conn] = {}
+        # after the fork, before anything serves: this worker's settings are final (see SettledConfig)
+        self.cfg = SettledConfig(self.cfg)
         gevent.spawn(self._close_idle_when_stopping)
         super().init_process()
 

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     Variant = Callable[[Gateway, ServiceRequest, Any], Response]
 
 
+_STREAM_MARKS = ("event-stream", "ndjson", "jsonl")   # in every media type wanted_format() accepts
+
+
 def choose_variant(svc: ServiceConfig, request: Request) -> Variant | None:
     """The handler of the variant that answers *request* (called with the gateway, the validated request and its
     parsed JSON body), or None for a plain request-reply. Looks at the headers only; reads no body."""
@@ -32,7 +35,8 @@ def choose_variant(svc: ServiceConfig, request: Request) -> Variant | None:
     if "respond-async" in prefs:
         from .polls import accept
         return lambda gw, req, parsed: accept(gw, svc, req, prefs)
-    fmt = wanted_format(list(request.accept_mimetypes))
+    accept = request.headers.get("Accept", "").lower()   # parsed only when it can name a stream format
+    fmt = wanted_format(list(request.accept_mimetypes)) if any(m in accept for m in _STREAM_MARKS) else None
     if fmt is not None:
         from .streaming import stream_response
         return lambda gw, req, parsed: stream_response(gw, svc, req, fmt)
