@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from ..core.routing import ReplyRouter
 
 log = logging.getLogger(__name__)
-IDLE_AFTER_S = 1.0   # the reader stops fetching once no request has waited for this long (librdkafka: IDLE_PAUSE_S)
 
 
 class ReplyReader:
@@ -79,13 +78,8 @@ class ReplyReader:
         # and the broker CPU for nothing). A request registers its waiter before its record is produced, so its
         # reply cannot exist yet when the reader wakes (pending.on_busy) and fetches on from the kept positions;
         # whatever landed meanwhile is read then, and counted late or foreign as before.
-        # Not at once: for IDLE_AFTER_S after the last waiter left, the reader polls on. A fetch is then already
-        # waiting at the broker when the next request's reply lands (on Kafka it returns the moment it does), as
-        # librdkafka keeps fetching in the background for as long; stopping after every reply made the next
-        # request's fetch start only when it registered (p50 at 1 client, kafka-python: see the README's bench).
         self._wake = Event()
         self.fetching = False
-        self._idle_since: float | None = None
         pending.on_busy = self._wake.set
 
     def request_resize(self, num_partitions: int) -> None:
@@ -287,11 +281,9 @@ class ReplyReader:
                 if not self.reading:
                     gevent.sleep(0.05)
                     continue
-                if not self.pending and self._idle_now():
+                if not self.pending:
                     self._idle()
                     continue
-                if self.pending:
-                    self._idle_since = None
                 if not self.fetching:
                     self._set_fetching(True)
                 batches = self._unreadable.poll(self._consumer, self.config.reply.poll_interval_ms)
@@ -333,17 +325,6 @@ class ReplyReader:
         metrics.READERS_FETCHING.inc() if fetching else metrics.READERS_FETCHING.dec()
         if not fetching:
             metrics.READER_IDLE.inc()
-
-    def _idle_now(self) -> bool:
-        """No request waits: stop fetching now? Only once none has for IDLE_AFTER_S (kafka-python fetches only
-        inside poll(): the reader polls on until then). librdkafka fetches in the background and keeps doing so
-        for as long by itself after set_fetching(False) (gateway.kafka.librdkafka): its reader stops at once."""
-        if not self.fetching or hasattr(self._consumer, "set_fetching"):
-            return True
-        now = time.monotonic()
-        if self._idle_since is None:
-            self._idle_since = now
-        return now - self._idle_since >= IDLE_AFTER_S
 
     def _idle(self) -> None:
         """Nothing to read for: wait, fetching nothing, until a request registers a waiter (or the assignment,
