@@ -146,6 +146,35 @@ def targets(results: dict[Cell, CellResult], idle: IdleResult | None, other_limi
     return out
 
 
+def obstacles(results: dict[Cell, CellResult]) -> list[str]:
+    """What the gateway's numbers are made of, from cells of the same run: its workers' CPU per request beside the
+    ceiling's (the same gunicorn + Flask serving a constant: the HTTP side alone) and the floor client's
+    (kafka-python alone, request-reply straight over Kafka in one OS thread, no HTTP, no gevent); its p50 at one
+    client beside the floor's (the Kafka client's own round trip) and the baseline's."""
+    def get(path: str, ppr: int, n: int) -> CellResult | None:
+        return next((r for c, r in results.items() if (c.path, c.ppr, c.clients) == (path, ppr, n)), None)
+
+    clients = {c.clients for c in results}
+    low, high = _pick(clients, 1, min(clients, default=1)), _pick(clients, 64, max(clients, default=64))
+    ceiling = get("ceiling", 0, high)
+    out: list[str] = []
+    for ppr in sorted({c.ppr for c in results if c.ppr}):
+        gw, floor = get("gateway", ppr, high), get("floor", ppr, high)
+        if gw and floor and ceiling:
+            parts = (gw.cpu_ms_per_request("workers"), ceiling.cpu_ms_per_request("workers"),
+                     floor.cpu_ms_per_request("floor client"))
+            out.append(f"- CPU per request at {high} clients, {ppr} per reader: gateway workers {parts[0]:.2f} ms = "
+                       f"HTTP alone (ceiling workers) {parts[1]:.2f} + kafka-python alone (floor client) "
+                       f"{parts[2]:.2f} + the rest {parts[0] - parts[1] - parts[2]:.2f} (gevent hand-offs, the "
+                       f"gateway's own path); the machine at {gw.cpu.get('machine', 0):.0f}% of "
+                       f"{100 * (os.cpu_count() or 1)}%")
+        gw, floor, base = get("gateway", ppr, low), get("floor", ppr, low), get("baseline", ppr, low)
+        if gw and floor and base:
+            out.append(f"- p50 at {low} client, {ppr} per reader: kafka-python alone (floor, no HTTP) "
+                       f"{floor.p50_ms:.2f} ms, gateway {gw.p50_ms:.2f} ms, baseline (aiokafka) {base.p50_ms:.2f} ms")
+    return out
+
+
 def _order(item: tuple[Cell, CellResult]) -> tuple[int, int, int]:
     c = item[0]
     return list(PATHS).index(c.path), c.ppr, c.clients
@@ -186,6 +215,9 @@ def markdown(results: dict[Cell, CellResult], idle: IdleResult | None, setup: st
     if results:
         lines += [table(results), ""]
     lines += ["Targets:", *(t.line() for t in targets(results, idle, other_limit)), ""]
+    found = obstacles(results)
+    if found:
+        lines += ["What the default path's numbers are made of (cells of this run):", *found, ""]
     if results:
         lines += ["CPU per process over the measured window (from /proc; `wrk` from its rusage; `workers` is both "
                   "gunicorn workers summed; `floor client` is the bench process; `other` is work on the machine "

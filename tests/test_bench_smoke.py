@@ -42,4 +42,27 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
 
     png = tmp_path / "latest.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "latest.md").read_text().startswith("| path |")
+    md = (tmp_path / "latest.md").read_text()
+    assert md.startswith("| path |")
+    assert "What the default path's numbers are made of" in md and "kafka-python alone (floor client)" in md, md
+
+
+def test_the_report_splits_the_gateways_cpu_into_http_kafka_client_and_the_rest() -> None:
+    from bench.report import obstacles
+    from bench.run import Cell
+    from bench.stats import CellResult
+
+    def cell(p50: float, rps: float, cpu: dict[str, float]) -> CellResult:
+        return CellResult(p50_ms=p50, p99_ms=2 * p50, rps=rps, requests=int(8 * rps), errors=0, cpu=cpu)
+
+    lines = obstacles({Cell("gateway", 1, 64): cell(40, 1500, {"workers": 120, "machine": 180}),
+                       Cell("ceiling", 0, 64): cell(10, 6000, {"workers": 150}),
+                       Cell("floor", 1, 64): cell(30, 1600, {"floor client": 40}),
+                       Cell("gateway", 1, 1): cell(10.7, 90, {}), Cell("floor", 1, 1): cell(10.5, 92, {}),
+                       Cell("baseline", 1, 1): cell(9.0, 106, {})})
+    # 120% / 1500 req/s = 0.80 ms; ceiling 150% / 6000 = 0.25; floor 40% / 1600 = 0.25; the rest 0.30
+    assert "gateway workers 0.80 ms = HTTP alone (ceiling workers) 0.25 + kafka-python alone (floor client) 0.25 " \
+        "+ the rest 0.30" in lines[0], lines
+    assert lines[1] == "- p50 at 1 client, 1 per reader: kafka-python alone (floor, no HTTP) 10.50 ms, gateway " \
+        "10.70 ms, baseline (aiokafka) 9.00 ms", lines
+    assert obstacles({Cell("gateway", 1, 64): cell(40, 1500, {"workers": 120})}) == []   # nothing to compare with
