@@ -49,11 +49,11 @@ class Call:
 
     __slots__ = ("gw", "svc", "waiter", "timeout_ms", "_open")
 
-    def __init__(self, gw: Gateway, svc: ServiceConfig, waiter: Waiter, timeout_ms: int) -> None:
+    def __init__(self, gw: Gateway, svc: ServiceConfig, waiter: Waiter, timeout_ms: int | None = None) -> None:
         self.gw = gw
         self.svc = svc
         self.waiter = waiter
-        self.timeout_ms = timeout_ms
+        self.timeout_ms = timeout_ms or svc.timeout_ms
         self._open = True
         metrics.child(metrics.IN_FLIGHT, svc.name).inc()
 

@@ -136,9 +136,11 @@ class Deadlines:
         # a new timer each time: a gevent one-shot timer restarted after it fired keeps its old expiry
         if self._timer is not None:
             self._timer.close()
+        loop = gevent.get_hub().loop
+        loop.update_now()   # the timer counts from the loop's cached time, which can be a busy iteration old
         after = max(0.0, deadline - time.monotonic()) + self.RESOLUTION_S
         self._due = time.monotonic() + after
-        self._timer = gevent.get_hub().loop.timer(after)
+        self._timer = loop.timer(after)
         self._timer.start(self._fire)
 
     def _fire(self) -> None:

@@ -89,7 +89,9 @@ class WriteDeadline:
 
     def arm(self) -> None:
         if self._timer is None and self.sock is not None and not self.expired:
-            self._timer = gevent.get_hub().loop.timer(self.timeout_ms / 1000)
+            loop = gevent.get_hub().loop
+            loop.update_now()   # the loop's cached time can be a whole busy iteration old: count from now
+            self._timer = loop.timer(self.timeout_ms / 1000)
             self._timer.start(self._fire)
 
     def disarm(self) -> None:
