@@ -187,3 +187,31 @@ def test_a_record_python_cannot_take_apart_is_skipped_counted_and_the_next_read(
     finally:
         svc.stop()
         consumer.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_watermark_query_waits_kafka_request_timeout_ms_at_most() -> None:
+    """Placing a partition at its end or start asks the broker for its watermarks: that query gets
+    ``kafka.request_timeout_ms`` (here 500 ms), as any request, not a fixed 10 s. (A broker that is connected but
+    does not answer that one request is not something the embedded broker can be made to do: the timeout given to
+    librdkafka is checked, with librdkafka's consumer stood in for.)"""
+    raw = make_config("127.0.0.1:1", {"echo": {"topic": "echo.requests"}},
+                      kafka={"client": "librdkafka", "request_timeout_ms": 500})
+    consumer = RdReplyConsumer(parse_config(raw))
+    asked: list[float] = []
+
+    class Watermarks:
+        @staticmethod
+        def get_watermark_offsets(tp: object, timeout: float) -> tuple[int, int]:
+            asked.append(timeout)
+            return 3, 7
+
+    real, consumer._consumer = consumer._consumer, Watermarks()
+    try:
+        tp = TopicPartition("gateway.replies", 0)
+        assert consumer._watermarks((tp,), high=True) == {("gateway.replies", 0): 7}
+        assert consumer._watermarks((tp,), high=False) == {("gateway.replies", 0): 3}
+        assert asked == [0.5, 0.5]
+    finally:
+        consumer._consumer = real
+        consumer.close()

@@ -274,6 +274,7 @@ class RdReplyConsumer:
             **config.kafka.librdkafka,                  # the operator's own, last
         })
         self._max_records = max_records
+        self._query_timeout_s = config.kafka.request_timeout_ms / 1000   # a watermark query, as any request
         self._pool = ThreadPool(1)       # every call that waits, one at a time
         self._positions: dict[tuple[str, int], int | None] = {}   # assigned partitions -> next offset (None: unknown)
         self._active: set[tuple[str, int]] = set()                 # handed to librdkafka
@@ -335,7 +336,7 @@ class RdReplyConsumer:
     def _watermarks(self, partitions: tuple[Any, ...], high: bool) -> dict[tuple[str, int], int]:
         def query() -> dict[tuple[str, int], int]:
             return {self._key(tp): self._consumer.get_watermark_offsets(
-                        RdTopicPartition(tp.topic, tp.partition), timeout=10.0)[1 if high else 0]
+                        RdTopicPartition(tp.topic, tp.partition), timeout=self._query_timeout_s)[1 if high else 0]
                     for tp in partitions}
         return self._pool.apply(query)
 
