@@ -168,11 +168,30 @@ def obstacles(results: dict[Cell, CellResult]) -> list[str]:
                        f"{parts[2]:.2f} + the rest {parts[0] - parts[1] - parts[2]:.2f} (gevent hand-offs, the "
                        f"gateway's own path); the machine at {gw.cpu.get('machine', 0):.0f}% of "
                        f"{100 * (os.cpu_count() or 1)}%")
+            base = get("baseline", ppr, high)
+            if base and base.rps and gw.rps:
+                out.append("- " + budget(base.rps, gw, parts[1] + parts[2]))
         gw, floor, base = get("gateway", ppr, low), get("floor", ppr, low), get("baseline", ppr, low)
         if gw and floor and base:
             out.append(f"- p50 at {low} client, {ppr} per reader: kafka-python alone (floor, no HTTP) "
                        f"{floor.p50_ms:.2f} ms, gateway {gw.p50_ms:.2f} ms, baseline (aiokafka) {base.p50_ms:.2f} ms")
     return out
+
+
+def budget(target_rps: float, gw: CellResult, least_ms: float, cores: int | None = None) -> str:
+    """Can the gateway's workers reach *target_rps* on this machine at all? Every core serves the requests: at that
+    rate each request may cost ``cores / rate`` of CPU, the broker, echo and wrk take what they took per request
+    in the gateway's own cell, the workers get the rest. *least_ms* is the least a worker can spend (HTTP alone +
+    kafka-python alone, measured in the same run)."""
+    cores = cores or os.cpu_count() or 1
+    whole = 1000 * cores / target_rps
+    others = sum(gw.cpu_ms_per_request(n) for n in gw.cpu if n not in ("workers", "machine", "other"))
+    left = whole - others
+    verdict = ("out of reach on this machine: less than HTTP and kafka-python alone cost" if left < least_ms
+               else "within reach of the CPU")
+    return (f"CPU budget for the baseline's {target_rps:.0f} req/s: {cores} cores give {whole:.2f} ms per request; "
+            f"broker, echo and wrk take {others:.2f} (as in the gateway's cell), leaving the workers {left:.2f} ms "
+            f"against {least_ms:.2f} for HTTP alone + kafka-python alone: {verdict}")
 
 
 def _order(item: tuple[Cell, CellResult]) -> tuple[int, int, int]:

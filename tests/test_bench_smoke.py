@@ -66,3 +66,25 @@ def test_the_report_splits_the_gateways_cpu_into_http_kafka_client_and_the_rest(
     assert lines[1] == "- p50 at 1 client, 1 per reader: kafka-python alone (floor, no HTTP) 10.50 ms, gateway " \
         "10.70 ms, baseline (aiokafka) 9.00 ms", lines
     assert obstacles({Cell("gateway", 1, 64): cell(40, 1500, {"workers": 120})}) == []   # nothing to compare with
+
+
+def test_the_report_says_whether_the_baselines_rate_fits_the_machines_cpu_at_all() -> None:
+    from bench.report import budget, obstacles
+    from bench.run import Cell
+    from bench.stats import CellResult
+
+    def cell(rps: float, cpu: dict[str, float]) -> CellResult:
+        return CellResult(p50_ms=20, p99_ms=40, rps=rps, requests=int(8 * rps), errors=0, cpu=cpu)
+
+    gw = cell(2000, {"workers": 100, "broker": 60, "echo": 6, "wrk": 4, "machine": 170, "other": 3})
+    # 2 cores at 3200 req/s: 0.625 ms per request; broker + echo + wrk 70% at 2000 req/s = 0.35; left 0.275
+    line = budget(3200, gw, least_ms=0.45, cores=2)
+    assert "2 cores give 0.62 ms per request; broker, echo and wrk take 0.35" in line, line
+    assert "leaving the workers 0.28 ms against 0.45" in line and line.endswith("out of reach on this machine: "
+                                                                              "less than HTTP and kafka-python "
+                                                                              "alone cost"), line
+    assert budget(1000, gw, least_ms=0.45, cores=2).endswith("within reach of the CPU")   # 2.0 - 0.35 = 1.65 left
+    lines = obstacles({Cell("gateway", 1, 64): gw, Cell("ceiling", 0, 64): cell(6000, {"workers": 150}),
+                       Cell("floor", 1, 64): cell(1600, {"floor client": 40}),
+                       Cell("baseline", 1, 64): cell(3200, {"baseline": 30})})
+    assert any(line.startswith("- CPU budget for the baseline's 3200 req/s") for line in lines), lines
