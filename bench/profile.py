@@ -131,13 +131,13 @@ def report(raw: str, cpu_pct: float, requests: int, window_s: float, title: str)
     return "\n".join(out)
 
 
-def _gunicorn(stack: ExitStack, log_dir: Path, env: dict[str, str], prof_dir: Path) -> tuple[Process, str]:
+def start_gunicorn(stack: ExitStack, log_dir: Path, env: dict[str, str], conf: str) -> tuple[Process, str]:
+    """Two gateway workers under ``bench/<conf>`` (the shipped gunicorn config plus a recorder), each reading only
+    its own reply partitions once this returns."""
     port = free_port()
-    env = {**env, "PORT": str(port), "WEB_CONCURRENCY": "2", "GATEWAY_BIND": f"127.0.0.1:{port}",
-           "BENCH_CPUPROF_DIR": str(prof_dir)}
-    proc = Process("gunicorn-cpuprof", [sys.executable, "-m", "gunicorn", "-c",
-                                        str(ROOT / "bench" / "gunicorn_cpuprof.conf.py"), "gateway.wsgi:app"],
-                   env, log_dir)
+    env = {**env, "PORT": str(port), "WEB_CONCURRENCY": "2", "GATEWAY_BIND": f"127.0.0.1:{port}"}
+    proc = Process(f"gunicorn-{conf.split('.')[0]}", [sys.executable, "-m", "gunicorn", "-c",
+                                                      str(ROOT / "bench" / conf), "gateway.wsgi:app"], env, log_dir)
     stack.callback(proc.stop)
     url = f"http://127.0.0.1:{port}"
 
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                 config, _ = bench._kafka(stack, args.ppr * bench.s.workers, args.client)  # noqa: SLF001 - same package
                 bootstrap = config.kafka.bootstrap_servers[0]
                 env = base_env(bootstrap, GATEWAY_CONFIG=str(bench.log_dir / "gateway.toml"))
-                proc, url = _gunicorn(stack, bench.log_dir, env, prof_dir)
+                proc, url = start_gunicorn(stack, bench.log_dir, {**env, "BENCH_CPUPROF_DIR": str(prof_dir)},
+                                           "gunicorn_cpuprof.conf.py")
                 workers = children(proc.pid)
                 result: dict[str, CellResult] = {}
                 load = threading.Thread(target=lambda: result.update(
@@ -230,7 +231,8 @@ def _idle(stack: ExitStack, bench: Bench, prof_dir: Path, args: argparse.Namespa
     env.update(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, PYTHONUNBUFFERED="1")
     config = load_config(ROOT / "conf" / "gateway.toml", env)
     ensure_topics(config, wanted_topics(config))
-    proc, _ = _gunicorn(stack, bench.log_dir, env, prof_dir)
+    proc, _ = start_gunicorn(stack, bench.log_dir, {**env, "BENCH_CPUPROF_DIR": str(prof_dir)},
+                             "gunicorn_cpuprof.conf.py")
     time.sleep(10)  # settle: groups joined, start-up done
     duration = args.duration if args.duration != 10.0 else 20.0
     raw, cpu, window = sample(prof_dir, children(proc.pid), duration)

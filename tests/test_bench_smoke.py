@@ -88,3 +88,21 @@ def test_the_report_says_whether_the_baselines_rate_fits_the_machines_cpu_at_all
                        Cell("floor", 1, 64): cell(1600, {"floor client": 40}),
                        Cell("baseline", 1, 64): cell(3200, {"baseline": 30})})
     assert any(line.startswith("- CPU budget for the baseline's 3200 req/s") for line in lines), lines
+
+
+def test_the_timeline_tools_hooks_exist_in_the_installed_kafka_python_and_its_offsets_are_per_request() -> None:
+    from bench.timeline import hook_points, offsets, table
+
+    for cls, name in hook_points():   # private kafka-python methods bench/timeline.py wraps
+        assert callable(cls.__dict__.get(name)), f"{cls.__name__}.{name} is gone: update bench/timeline.py"
+    text = ("\nin 10.000\nhanded 10.0002\nbuilt:fetch 10.0004\nbuilt:fetch 10.0009\ndispatch 10.008\n"
+            "\nin 20.000\nhanded 20.0004\ndispatch 20.010\n"
+            "\nhanded 30.0\n")                       # a segment that does not start with an arrival is skipped
+    per_event = offsets(text)
+    assert per_event["in"] == [0.0, 0.0]
+    assert [round(v, 3) for v in per_event["handed"]] == [0.2, 0.4]
+    assert [round(v, 3) for v in per_event["built:fetch"]] == [0.4]    # first occurrence per request only
+    assert [round(v, 3) for v in per_event["dispatch"]] == [8.0, 10.0]
+    rows = table(per_event).splitlines()
+    assert rows[2].startswith("| request reached the app") and rows[-1].startswith("| reply dispatched"), rows
+    assert any(r.startswith("| fetch request built") and "| 1 |" in r for r in rows), rows   # 1 of 2: kept
