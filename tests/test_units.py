@@ -347,3 +347,76 @@ def test_deadlines_expire_exactly_the_unanswered_waiters_and_stay_bounded():
         table.deadlines.add(w)
         table.resolve(_reply(w.correlation_id))
     assert len(table) == 0 and len(table.deadlines) <= 1024 + 1
+
+
+class _ScriptedConsumer:
+    """The part of kafka-python's KafkaConsumer the reply reader uses; poll() answers from a script and notes,
+    per call, its timeout and whether the waiters were already woken."""
+
+    def __init__(self, batches: list[dict], waiters: list[OneShot]) -> None:
+        self.batches, self.waiters, self.calls = batches, waiters, []
+
+    def assign(self, tps: list) -> None:
+        pass
+
+    def seek_to_end(self, *tps: object) -> None:
+        pass
+
+    def position(self, tp: object) -> int:
+        return 0
+
+    def poll(self, timeout_ms: int, **_: object) -> dict:
+        import gevent
+        self.calls.append((timeout_ms, [w.event.is_set() for w in self.waiters]))
+        if self.batches:
+            return self.batches.pop(0)
+        gevent.sleep(0.005)
+        return {}
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("waiting", [1, 2])
+def test_reply_reader_puts_the_next_fetch_out_before_answering_a_lone_waiter_only(waiting: int) -> None:
+    """kafka-python writes a fetch only inside poll(): for a lone waiter the reader polls once more (timeout 0)
+    before waking it, so the next fetch is at the broker before the next request arrives; with more waiting it
+    does not (an extra poll per batch costs CPU under load)."""
+    from types import SimpleNamespace
+
+    import gevent
+    from kafka import TopicPartition
+
+    from gateway.config import parse_config
+    from gateway.core.routing import ReplyRouter
+    from gateway.kafka.replies import ReplyReader
+    from tests.support.harness import make_config
+
+    config = parse_config(make_config("127.0.0.1:1", {"orders": {"topic": "orders.requests"}},
+                                      kafka={"client": "kafka-python"}, reply={"partitions": 1}))
+    tag = b"T" * 8
+    pending = PendingTable(tag, capacity=10)
+    reader = ReplyReader(config, pending, ReplyRouter(1))
+    waiters = [OneShot(P.new_correlation_id(tag), 0, time.monotonic() + 5) for _ in range(waiting)]
+    record = SimpleNamespace(topic=config.reply.topic, partition=0, offset=0, value=b"ok",
+                             headers=[("gateway-correlation-id", waiters[0].correlation_id.hex().encode())])
+    consumer = _ScriptedConsumer([{TopicPartition(config.reply.topic, 0): [record]}], waiters)
+    reader._consumer = consumer   # noqa: SLF001 - the loop under test, with a scripted consumer
+    reader.set_target({0})
+    for w in waiters:
+        pending.register(w)
+    loop = gevent.spawn(reader._run)  # noqa: SLF001
+    try:
+        deadline, want = time.monotonic() + 10, 2 if waiting == 1 else 3   # a lone waiter answered: it idles
+        while not (waiters[0].event.is_set() and len(consumer.calls) >= want) and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+    finally:
+        reader._stopping = True  # noqa: SLF001
+        loop.kill()
+    assert waiters[0].reply is not None and waiters[0].reply.body == b"ok"
+    interval = config.reply.poll_interval_ms
+    first, second = consumer.calls[0], consumer.calls[1]
+    assert first == (interval, [False] * waiting)
+    if waiting == 1:
+        assert second == (0, [False]), consumer.calls        # polled again before the waiter was woken
+    else:
+        assert second == (interval, [True, False]), consumer.calls   # woken first, then the usual poll
+    assert all(timeout == interval for timeout, _ in consumer.calls[2:]), consumer.calls
