@@ -63,8 +63,10 @@ class HopReader:
             self.consumer.seek(tp, since[tp])
         times: dict[str, dict[bytes, int]] = {t: {} for t in self.topics}
         deadline = time.monotonic() + timeout_s
-        while todo and len(times[self.topics[0]]) < max_pairs * 2 and time.monotonic() < deadline:
+        pairs = 0   # counted as they form: the request and reply partitions are read at their own pace
+        while todo and pairs < max_pairs and time.monotonic() < deadline:
             for tp, records in self.consumer.poll(timeout_ms=500).items():
+                other = times[self.topics[1] if tp.topic == self.topics[0] else self.topics[0]]
                 for r in records:
                     if r.offset >= until[tp]:
                         todo.discard(tp)
@@ -72,6 +74,7 @@ class HopReader:
                     cid = next((v for k, v in r.headers or [] if k == H_SPRING_CORRELATION_ID), None)
                     if cid is not None:
                         times[tp.topic][cid] = r.timestamp
+                        pairs += cid in other
                 if self.consumer.position(tp) >= until[tp]:
                     todo.discard(tp)
             self.consumer.assign([tp for tp in self.consumer.assignment() if tp in todo])
