@@ -85,6 +85,9 @@ class Gateway:
         self.router = ReplyRouter(actual)
         t_topics = time.monotonic() - t0
 
+        from ..kafka.internals import write_first
+        write_first()   # kafka-python's requests leave at once, not a turn of the hub later (see there)
+
         self.producer = self._new_producer()
         t_producer = time.monotonic() - t0
         # the id read before the reader positions: its positions belong to this incarnation (or a later one,
