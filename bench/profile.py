@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import requests
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .run import Bench
     from .stats import CellResult
 
+T = TypeVar("T")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 LAYERS = [  # (layer, substring of the file path); first match of the leaf-most non-stdlib frame wins
     ("prometheus_client (metrics)", "/prometheus_client/"),
@@ -153,6 +154,18 @@ def start_gunicorn(stack: ExitStack, log_dir: Path, env: dict[str, str], conf: s
     return proc, url
 
 
+def under_load(bench: Bench, url: str, clients: int, seconds: float, measure: Callable[[], T]) -> tuple[T, CellResult]:
+    """wrk at *url* with *clients* for 2 s of warm-up, then *measure()* (about *seconds* long), then 2 s more;
+    returns what *measure* returned and wrk's result."""
+    result: dict[str, CellResult] = {}
+    load = threading.Thread(target=lambda: result.update(r=bench.wrk.run(url, clients, seconds + 4)))
+    load.start()
+    time.sleep(2)  # warm
+    measured = measure()
+    load.join()
+    return measured, result["r"]
+
+
 def sample(prof_dir: Path, workers: list[int], seconds: float) -> tuple[str, float, float]:
     """Record for *seconds*; returns (collapsed stacks of all workers, their CPU % of a core, the window)."""
     from .procstat import cpu_seconds
@@ -198,14 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                 proc, url = start_gunicorn(stack, bench.log_dir, {**env, "BENCH_CPUPROF_DIR": str(prof_dir)},
                                            "gunicorn_cpuprof.conf.py")
                 workers = children(proc.pid)
-                result: dict[str, CellResult] = {}
-                load = threading.Thread(target=lambda: result.update(
-                    r=bench.wrk.run(url + PATH, args.clients, args.duration + 4)))
-                load.start()
-                time.sleep(2)  # warm
-                raw, cpu, window = sample(prof_dir, workers, args.duration)
-                load.join()
-                rps = result["r"].rps
+                (raw, cpu, window), load = under_load(bench, url + PATH, args.clients, args.duration,
+                                                      lambda: sample(prof_dir, workers, args.duration))
+                rps = load.rps
                 requests_done = int(rps * window)
                 title = (f"both workers ({args.client}) at {args.clients} clients, {args.ppr} reply partitions per "
                          f"worker, {rps:.0f} req/s")

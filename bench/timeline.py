@@ -24,7 +24,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from contextlib import ExitStack
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.support.harness import base_env, wait_until
 
     from .procstat import children
-    from .profile import start_gunicorn
+    from .profile import start_gunicorn, under_load
     from .run import PATH, Bench, Settings
 
     parser = argparse.ArgumentParser(prog="python -m bench.timeline", description=__doc__.split("\n")[0])
@@ -181,16 +180,13 @@ def main(argv: list[str] | None = None) -> int:
                            BENCH_TIMELINE_DIR=str(rec_dir))
             proc, url = start_gunicorn(stack, bench.log_dir, env, "gunicorn_timeline.conf.py")
             workers = children(proc.pid)
-            result: dict[str, Any] = {}
-            load = threading.Thread(target=lambda: result.update(
-                r=bench.wrk.run(url + PATH, args.clients, args.duration + 4)))
-            load.start()
-            time.sleep(2)  # warm
-            (rec_dir / "on").touch()
-            time.sleep(args.duration)
-            (rec_dir / "on").unlink()
-            (rec_dir / "dump").touch()
-            load.join()
+
+            def record() -> None:
+                (rec_dir / "on").touch()
+                time.sleep(args.duration)
+                (rec_dir / "on").unlink()
+                (rec_dir / "dump").touch()
+            _, r = under_load(bench, url + PATH, args.clients, args.duration, record)
             files = [rec_dir / f"{w}.txt" for w in workers]
             wait_until(lambda: all(f.exists() for f in files), 30, 0.2, "workers' timelines written")
             time.sleep(0.2)
@@ -200,7 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     for f in files:
         for event, values in offsets(f.read_text()).items():
             per_event[event].extend(values)
-    r = result["r"]
     print(f"{args.client}, {args.clients} client(s), {args.ppr} reply partition(s) per worker: wrk p50 "
           f"{r.p50_ms:.2f} ms, {r.rps:.0f} req/s; {len(per_event.get('in', []))} requests recorded\n")
     print(table(per_event))
