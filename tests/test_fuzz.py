@@ -372,8 +372,28 @@ def http_requests(draw: st.DrawFn) -> dict[str, Any]:
         st.integers(60000, 70000).map(lambda n: b"x" * n)))
     content_type = draw(st.sampled_from(CONTENT_TYPES) | HEADER_VALUE)
     version = draw(st.sampled_from([b"HTTP/1.1"] * 5 + [b"HTTP/1.0"]))
+    # how the body is framed: Content-Length, chunks (random sizes, hex in either case, extensions), or chunks
+    # broken in a way a server sees at once (a bad size, a missing terminator, a size past any limit)
+    framing = draw(st.sampled_from(["length"] * 4 + ["chunked", "broken"]))
+    chunks: list[bytes] = []
+    if framing != "length":
+        rest = body
+        while rest:
+            n = draw(st.integers(1, max(1, len(rest))))
+            size = draw(st.sampled_from(["%x", "%X", "%04x"])) % n
+            ext = draw(st.sampled_from(["", "", ";a=b", ";x"]))
+            chunks.append(f"{size}{ext}".encode() + b"\r\n" + rest[:n] + b"\r\n")
+            rest = rest[n:]
+        chunks.append(b"0\r\n\r\n")
+        if framing == "broken":
+            spoil = draw(st.sampled_from(["size", "terminator", "huge", "negative"]))
+            at = draw(st.integers(0, len(chunks) - 1))
+            size, _, tail = chunks[at].partition(b"\r\n")
+            chunks[at] = {"size": b"zz" + size, "huge": b"f" * 40, "negative": b"-" + size}.get(spoil, size) \
+                + b"\r\n" + (tail[:-2] + b"XY" if spoil == "terminator" and tail.endswith(b"\r\n") else tail)
     return {"method": method, "path": path, "query": query, "headers": headers, "body": body,
-            "content_type": content_type, "version": version, "fresh": draw(st.booleans())}
+            "content_type": content_type, "version": version, "fresh": draw(st.booleans()), "framing": framing,
+            "chunks": chunks}
 
 
 def raw_request(req: dict[str, Any]) -> bytes:
@@ -382,6 +402,9 @@ def raw_request(req: dict[str, Any]) -> bytes:
     lines += [name.encode() + b": " + value for name, value in req["headers"]]
     if req["content_type"] is not None:
         lines.append(b"Content-Type: " + req["content_type"])
+    if req.get("framing", "length") != "length":
+        lines.append(b"Transfer-Encoding: chunked")
+        return b"\r\n".join(lines) + b"\r\n\r\n" + b"".join(req["chunks"])
     if req["body"] or req["method"] in ("POST", "PUT", "PATCH"):
         lines.append(b"Content-Length: " + str(len(req["body"])).encode())
     return b"\r\n".join(lines) + b"\r\n\r\n" + req["body"]
@@ -415,6 +438,15 @@ def keepalive_http(fuzz_gateway: GunicornGateway) -> Iterator[RawHTTP]:
 @example(req={"method": "POST", "path": b"/jsononly", "query": None, "headers": [],
               "body": b'{"customer_id": "\\ud800"}', "content_type": b"application/json", "version": b"HTTP/1.1",
               "fresh": False})
+@example(req={"method": "POST", "path": b"/echo/chunks", "query": None, "headers": [], "body": b"abc",
+              "content_type": b"text/plain", "version": b"HTTP/1.1", "fresh": False, "framing": "broken",
+              "chunks": [b"zz3\r\nabc\r\n", b"0\r\n\r\n"]})
+@example(req={"method": "GET", "path": b"/healthz", "query": None, "headers": [], "body": b"abc",
+              "content_type": None, "version": b"HTTP/1.1", "fresh": False, "framing": "broken",
+              "chunks": [b"3\r\nabcXY", b"0\r\n\r\n"]})
+@example(req={"method": "POST", "path": b"/echo/chunks", "query": None, "headers": [], "body": b"abcdef",
+              "content_type": b"text/plain", "version": b"HTTP/1.1", "fresh": False, "framing": "chunked",
+              "chunks": [b"4;a=b\r\nabcd\r\n", b"2\r\nef\r\n", b"0\r\n\r\n"]})
 def test_http_requests_get_a_clear_answer_and_never_a_gateway_500(healthy, keepalive_http, req):
     """Any request line, headers and body, on a keep-alive or a fresh connection: a complete response (no hang),
     no 5xx made by the gateway except 502/503/504 as problem+json, a 4xx of the gateway's own is a problem with a
@@ -445,6 +477,8 @@ def test_http_requests_get_a_clear_answer_and_never_a_gateway_500(healthy, keepa
         for name, value in req["headers"]:
             if name.lower() in ALLOWED_REQUEST_HEADERS and names.count(name.lower()) == 1:
                 assert echoed["headers"].get(name.lower()) == value.decode("latin-1").strip(" \t")
+    if resp.status == 400 and b"malformed_body" in resp.body:   # broken chunks: said so, connection not reused
+        assert req.get("framing") == "broken" and resp.closed, (req.get("framing"), resp.headers)
     if not req["fresh"] and not resp.closed:
         assert keepalive_http.leftover() == b"", "bytes after the response: the connection's framing is broken"
 

@@ -21,6 +21,7 @@ import socket
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ..errors import GatewayError, NotReady, problem_response
+from ..web.guard import BODY_READ, CLOSE_CONNECTION
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -46,6 +47,15 @@ def close_after_response(start_response: StartResponse) -> bool:
         force_close()
         return True
     return False
+
+
+def _framing_unsure(environ: dict[str, Any]) -> bool:
+    """Must the connection close after this answer because where the request ends is not known? When its body's
+    framing broke (``web.guard.read_body``), or when it came in chunks the app did not read (a route that takes
+    no body): gunicorn would read them to find the next request, and on broken chunks write an error page of its
+    own after the app's answer."""
+    return bool(environ.get(CLOSE_CONNECTION)) or ("HTTP_TRANSFER_ENCODING" in environ
+                                                   and not environ.get(BODY_READ))
 
 
 class _Headers:
@@ -99,7 +109,7 @@ class SafetyNet:
         return getattr(self.app, name)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        headers = _Headers(start_response, self.draining)
+        headers = _Headers(start_response, lambda: self.draining() or _framing_unsure(environ))
         try:
             body = self.app(environ, headers.start_response)
         except StopIteration:   # gunicorn's "close quietly" (a websocket session that ended): not an error

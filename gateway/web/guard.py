@@ -21,18 +21,25 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gunicorn.http.errors import NoMoreData, ParseException
 
 from ..errors import BadRequest, GatewayError
 
 if TYPE_CHECKING:
     from flask import Request
 
+CLOSE_CONNECTION = "gateway.close_connection"   # environ key: close the connection after this answer
+BODY_READ = "gateway.body_read"                 # environ key: read_body read the whole body
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _NOT_FIELD_TEXT = re.compile(r"[^\t\x20-\x7e\x80-\xff]")     # RFC 9110 field-value, as Latin-1 text
 
 
 class BodyTimeout(GatewayError):
     status, code, title = 408, "body_timeout", "The request body did not arrive in time"
+
+
+class MalformedBody(BadRequest):
+    code, title = "malformed_body", "Malformed request body"
 
 
 class WriteTimeout(OSError):
@@ -47,8 +54,17 @@ def read_body(request: Request, timeout_ms: int) -> bytes:
         return request.get_data(cache=False)    # no body: the server reads nothing, so no timer (it costs CPU)
     error = BodyTimeout(f"the request body did not arrive within limits.body_timeout_ms ({timeout_ms} ms); send "
                         "the whole body at once (Content-Length must match what is sent)")
-    with gevent.Timeout(timeout_ms / 1000, error):
-        return request.get_data(cache=False)    # werkzeug enforces MAX_CONTENT_LENGTH (413)
+    try:
+        with gevent.Timeout(timeout_ms / 1000, error):
+            body = request.get_data(cache=False)    # werkzeug enforces MAX_CONTENT_LENGTH (413)
+        request.environ[BODY_READ] = True
+        return body
+    except (ParseException, NoMoreData) as exc:
+        # the server's body reader (gunicorn's, chunked or not) refused the framing: the client's fault, a 400; the
+        # connection cannot carry another request (where this body ends is unknown): closed after the answer
+        request.environ[CLOSE_CONNECTION] = True
+        raise MalformedBody(f"the request body's framing is broken ({type(exc).__name__}: {exc}); send a "
+                            "Content-Length body, or chunks as HTTP/1.1 defines them") from None
 
 
 # -- slow readers -------------------------------------------------------------------------------------------------
