@@ -153,7 +153,11 @@ def test_broker_outage_fails_fast_and_recovers_without_restarts() -> None:
     assert recovered and all(r.outcome == OK for r in recovered), report
     assert run.facts["worker_pids_unchanged"] and run.facts["gunicorn_master_alive"], report
     assert run.facts["echo_service_alive"], report
-    assert run.replies["duplicate"] == 0, report
+    # a reply that reached the broker before it stopped but whose acknowledgement died with it is sent again by
+    # the service (at-least-once: gateway_sdk.runner); the gateway drops the second copy and counts it duplicate.
+    # Seen in CI (2026-12-07, librdkafka leg, load average 6): 4 duplicates, all at the moment the echo service's
+    # producer failed its batches (OutOfOrderSequenceNumber on the emptied broker) and re-sent them. Only then:
+    assert run.replies["duplicate"] == 0 or run.facts["service_reply_batches_failed"] > 0, report
 
 
 @pytest.mark.timeout(300)

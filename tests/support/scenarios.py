@@ -251,6 +251,8 @@ def scenario_broker_restart(lab: Lab, clients: int = 50, outage_s: float = 3.0, 
         sc.facts["worker_pids_unchanged"] = worker_pids(gw.pid) == pids
         sc.facts["gunicorn_master_alive"] = gw.alive()
         sc.facts["echo_service_alive"] = lab.services["echo"].alive()
+        # reply batches the service's producer saw fail (each of their replies is sent again: gateway_sdk.runner)
+        sc.facts["service_reply_batches_failed"] = lab.services["echo"].log().count("Failed to produce messages")
     return sc.run
 
 
