@@ -102,7 +102,8 @@ def test_rolling_hup_reload_loses_nothing(lab: Lab) -> None:
     held = held_results(run)
     assert len(held) >= 1 and len(held) == len(run.facts["held_at_hup"]), run.report()
     t_hup = next(t for t, name in run.events if name == "HUP")
-    assert all(r.outcome == OK and not r.stale_retry and r.end > t_hup for r in held), run.report()
+    unserved = [r for r in held if not (r.outcome == OK and not r.stale_retry and r.end > t_hup)]
+    assert unserved == [], f"held at the stop, not answered by the drain: {unserved}\n{run.report()}"
     assert_converged(run, "reload_settled_s")
 
 

@@ -285,7 +285,7 @@ class LoadGenerator:
 
     def in_flight(self) -> list[tuple[int, str, float, int, str]]:
         """(client, target, start, local_port, state) of every request outstanding now; state is ``connecting``
-        (no connection yet) or ``sent``."""
+        (no connection yet), ``sending`` (being written) or ``sent`` (written whole, waiting for the response)."""
         with self._lock:
             return [(c, *v) for c, v in self._current.items()]
 
@@ -383,10 +383,12 @@ class LoadGenerator:
                         continue
                 port = conn.port_
                 with self._lock:
-                    self._current[client] = (target, start, port, "sent")
+                    self._current[client] = (target, start, port, "sending")
                 try:
                     conn.sock.received = 0  # type: ignore[union-attr]
                     conn.request("POST", path, body=body, headers=headers)
+                    with self._lock:   # every byte handed to the kernel: on loopback, in the server's socket
+                        self._current[client] = (target, start, port, "sent")
                     resp = conn.getresponse()
                     raw = resp.read()
                 except CLOSED_UNDER_US:

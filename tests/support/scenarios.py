@@ -137,7 +137,10 @@ def scenario_hup(lab: Lab, clients: int = 50) -> Run:
             gw.signal(signal.SIGHUP)
             wait_until(lambda: all(signal_pending(pid, signal.SIGTERM) for pid in old), 15, 0.005,
                        "gunicorn's stop pending for every old worker")
-            sc.facts["held_at_hup"] = sorted((c, start) for (c, start), port in flying.items() if port in ports)
+            # held: written whole to a connection an old worker accepted, and still unanswered now that its stop is
+            # pending (a response written just before the freeze reaches its client during the freeze: not held)
+            still = {(c, start) for c, _, start, _, state in lg.in_flight() if state == "sent"}
+            sc.facts["held_at_hup"] = sorted(key for key, port in flying.items() if port in ports and key in still)
         finally:
             for pid in old:
                 os.kill(pid, signal.SIGCONT)
