@@ -4,7 +4,9 @@ costs while nobody sends a request, per process, read from /proc.
 Started exactly as a user starts it (``python -m gateway.cli dev``, the shipped conf/gateway.toml and Procfile,
 default settings: no KAFKA_* / GATEWAY_* variables passed on), on free ports so that it does not collide with
 another run on the machine. Measured after every worker is ready, the echo example answers, and a settling time
-has passed (consumer groups joined; start-up work done).
+has passed (consumer groups joined; start-up work done). Then an idle worker with the default settings, which is
+what issue 9's per-worker target is about (``bench/idledefaults.py``; ``./dev run``'s config shortens the fetch waits
+for the embedded broker).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import requests
 from gateway.broker import free_port
 from tests.support.harness import Process, metric_value, wait_until
 
+from .idledefaults import measure_defaults
 from .procstat import CpuMeter, children, comm
 
 
@@ -30,13 +33,20 @@ class IdleResult:
     cpu: dict[str, float] = field(default_factory=dict)  # % of one core per process (name -> %)
     other_pct: float = 0.0                                # work on the machine that is not this run's
     machine_pct: float = 0.0
+    # an idle worker with the default settings (not ./dev run's): worker name -> % of one core, and "other"
+    defaults: dict[str, float] = field(default_factory=dict)
 
     @property
     def total_pct(self) -> float:
         return sum(self.cpu.values())
 
     def workers(self) -> list[tuple[str, float]]:
+        """``./dev run``'s workers (its conf/gateway.toml)."""
         return [(n, v) for n, v in self.cpu.items() if n.startswith("worker")]
+
+    def default_workers(self) -> list[tuple[str, float]]:
+        """The workers of a gateway with the default settings."""
+        return [(n, v) for n, v in self.defaults.items() if n.startswith("worker")]
 
     def markdown(self) -> str:
         rows = [f"Idle `./dev run` (measured {self.duration_s:g} s, its conf/gateway.toml; % of one core):", "",
@@ -44,6 +54,11 @@ class IdleResult:
         rows += [f"| {n} | {v:.1f} |" for n, v in sorted(self.cpu.items(), key=lambda kv: -kv[1])]
         rows.append(f"| **all of `./dev run`** | **{self.total_pct:.1f}** |")
         rows.append(f"| (machine / other work, not ours) | {self.machine_pct:.0f} / {self.other_pct:.0f} |")
+        if self.defaults:
+            rows += ["", f"Idle gateway workers with the default settings (`bench/idledefaults.py`, measured "
+                         f"{self.duration_s:g} s; other work on the machine {self.defaults.get('other', 0):.0f}%):", "",
+                     "| process | CPU % |", "|---|---:|"]
+            rows += [f"| {n} | {v:.1f} |" for n, v in self.default_workers()]
         return "\n".join(rows)
 
 
@@ -121,4 +136,6 @@ def measure(duration_s: float, settle_s: float, quiet: Callable[[dict[str, list[
         if not dev.alive():
             raise RuntimeError(f"./dev run exited during the idle measurement; its log: {dev.log_path}")
     cpu = {n: v for n, v in meter.result.items() if n not in ("machine", "other")}
-    return IdleResult(duration_s, cpu, meter.result["other"], meter.result["machine"])
+    say(f"idle    a gateway with the default settings; settling {settle_s:g} s, then measuring {duration_s:g} s")
+    defaults = measure_defaults(duration_s, settle_s, log_dir, quiet)
+    return IdleResult(duration_s, cpu, meter.result["other"], meter.result["machine"], defaults)

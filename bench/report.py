@@ -23,7 +23,7 @@ PATHS = {
     "ceiling": "ceiling: wrk → gunicorn (2 gevent workers) → bare Flask constant",
 }
 WORKER_CPU_MS = 0.6       # target: gateway workers' CPU per request
-IDLE_WORKER_PCT = 3.0     # target: one idle worker (issue 9: with the default settings, bench.idledefaults)
+IDLE_WORKER_PCT = 3.0     # target: one idle worker with the default settings (bench/idledefaults.py)
 IDLE_DEV_RUN_PCT = 25.0   # target: `./dev run` left idle, all its processes
 
 
@@ -134,13 +134,15 @@ def targets(results: dict[Cell, CellResult], idle: IdleResult | None, other_limi
                                   f"{ms:.2f} ms (both workers, {gw.cpu.get('workers', 0):.0f}% of a core at "
                                   f"{gw.rps:.0f} req/s)", []))  # CPU per request hardly depends on other load
     if idle is not None:
-        disturbed = [f"idle other load {idle.other_pct:.0f}%"] if idle.other_pct > other_limit else []
-        worst = max(idle.workers(), key=lambda kv: kv[1], default=("worker", float("nan")))
-        out.append(Target("an idle gateway worker of `./dev run` (conf/gateway.toml: the embedded broker's short "
-                          "fetch waits; the defaults: `python -m bench.idledefaults`) "
-                          f"≤ {IDLE_WORKER_PCT:g}% of a core",
+        other = max(idle.other_pct, idle.defaults.get("other", 0.0))
+        disturbed = [f"idle other load {other:.0f}%"] if other > other_limit else []
+        worst = max(idle.default_workers(), key=lambda kv: kv[1], default=("worker", float("nan")))
+        dev = ", ".join(f"{n} {v:.1f}%" for n, v in idle.workers())
+        out.append(Target(f"an idle gateway worker with the default settings ≤ {IDLE_WORKER_PCT:g}% of a core",
                           worst[1], IDLE_WORKER_PCT, False,
-                          ", ".join(f"{n} {v:.1f}%" for n, v in idle.workers()), disturbed))
+                          ", ".join(f"{n} {v:.1f}%" for n, v in idle.default_workers()) +
+                          f" (`./dev run`'s, with conf/gateway.toml's short fetch waits for the embedded broker: "
+                          f"{dev})", disturbed))
         out.append(Target(f"`./dev run` left idle, all its processes ≤ {IDLE_DEV_RUN_PCT:g}% of one core",
                           idle.total_pct, IDLE_DEV_RUN_PCT, False, f"{idle.total_pct:.1f}%", disturbed))
     return out

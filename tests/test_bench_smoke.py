@@ -39,6 +39,7 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     assert idle is not None
     assert any(name.startswith("worker") for name in idle["cpu"]), idle
     assert {"broker", "echo", "orders"} <= set(idle["cpu"]), idle
+    assert {"worker1", "worker2"} <= set(idle["defaults"]), idle   # the idle worker with the default settings
 
     png = tmp_path / "latest.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -66,6 +67,22 @@ def test_the_report_splits_the_gateways_cpu_into_http_kafka_client_and_the_rest(
     assert lines[1] == "- p50 at 1 client, 1 per reader: kafka-python alone (floor, no HTTP) 10.50 ms, gateway " \
         "10.70 ms, baseline (aiokafka) 9.00 ms", lines
     assert obstacles({Cell("gateway", 1, 64): cell(40, 1500, {"workers": 120})}) == []   # nothing to compare with
+
+
+def test_the_idle_worker_target_is_judged_on_the_default_settings_and_shows_dev_runs_workers() -> None:
+    from bench.idle import IdleResult
+    from bench.report import targets
+
+    idle = IdleResult(20, {"broker": 5.0, "worker1": 3.4, "worker2": 3.2, "echo": 1.0}, 0.0, 13.0,
+                      {"worker1": 1.9, "worker2": 2.1, "other": 0.0})
+    worker, dev_run = targets({}, idle)
+    assert worker.met and worker.value == 2.1, worker       # the worse of the two default-settings workers
+    assert "worker1 1.9%, worker2 2.1%" in worker.detail and "worker1 3.4%, worker2 3.2%" in worker.detail, worker
+    assert dev_run.met and round(dev_run.value, 1) == 12.6, dev_run
+    idle.defaults["worker2"] = 3.5
+    assert not targets({}, idle)[0].met
+    idle.defaults["other"] = 60.0                            # another run on the machine during that window
+    assert targets({}, idle)[0].status == "MISSED, but INCONCLUSIVE", targets({}, idle)[0]
 
 
 def test_the_report_says_whether_the_baselines_rate_fits_the_machines_cpu_at_all() -> None:
