@@ -191,9 +191,14 @@ def budget(target_rps: float, gw: CellResult, least_ms: float, cores: int | None
     left = whole - others
     verdict = ("out of reach on this machine: less than HTTP and kafka-python alone cost" if left < least_ms
                else "within reach of the CPU")
+    spent = others + gw.cpu_ms_per_request("workers")
+    cap = 1000 * cores / spent
     return (f"CPU budget for the baseline's {target_rps:.0f} req/s: {cores} cores give {whole:.2f} ms per request; "
             f"broker, echo and wrk take {others:.2f} (as in the gateway's cell), leaving the workers {left:.2f} ms "
-            f"against {least_ms:.2f} for HTTP alone + kafka-python alone: {verdict}")
+            f"against {least_ms:.2f} for HTTP alone + kafka-python alone: {verdict}. At the {spent:.2f} ms the "
+            f"gateway's cell spent per request (workers included) the {cores} cores serve at most {cap:.0f} req/s "
+            f"({cap / target_rps:.2f}×); it served {gw.rps:.0f} with the machine at {gw.cpu.get('machine', 0):.0f}% "
+            f"of {100 * cores}%: the rest of the gap is waiting, not CPU")
 
 
 def _order(item: tuple[Cell, CellResult]) -> tuple[int, int, int]:
