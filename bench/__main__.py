@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-duration", type=float, default=20.0, help="idle: measured seconds (20)")
     parser.add_argument("--idle-settle", type=float, default=10.0,
                         help="idle: seconds between `./dev run` serving and the measurement (10)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="gunicorn workers of the gateway and ceiling cells, each reading ppr reply partitions (2)")
     parser.add_argument("--gateway-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a gateway config value for the cells (e.g. reply.poll_interval_ms=100); repeatable")
     parser.add_argument("--out-dir", type=Path, default=RESULTS,
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         section, _, key = name.partition(".")
         overrides.setdefault(section, {})[key] = json.loads(value) if value[:1] in "0123456789-[{tf\"" else value
     settings = Settings(duration_s=args.duration, warmup_s=args.warmup, clients=args.clients, ppr=args.ppr,
-                        quiet_wait_s=args.quiet_wait, retries=args.retries, overrides=overrides)
+                        quiet_wait_s=args.quiet_wait, retries=args.retries, overrides=overrides, workers=args.workers)
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.ERROR)  # the floor's "task ran for 0.1 s" on a busy machine
