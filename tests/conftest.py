@@ -135,7 +135,9 @@ def gateway(session_config: Path, broker: EmbeddedBroker, example_services: dict
             ) -> Iterator[GunicornGateway]:
     import requests
 
-    gw = GunicornGateway(session_config, broker.bootstrap, log_dir, workers=2)
+    # the access log on, as an operator turns it on (tests/test_request_reply.py reads it)
+    gw = GunicornGateway(session_config, broker.bootstrap, log_dir, workers=2,
+                         extra_env={"GATEWAY_ACCESS_LOG": str(log_dir / "access.log")})
     try:
         gw.wait_ready(60)
         # the example services join their groups in the background; wait until each answers

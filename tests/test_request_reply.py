@@ -232,3 +232,25 @@ def test_only_allow_listed_reply_headers_reach_the_client(gateway, broker):
     assert {k: r.headers.get(k) for k in listed} == listed
     assert [k for k in unlisted if k in r.headers and k not in ("server", "x-correlation-id")] == []
     assert r.headers["Server"] != "evil" and len(r.headers["X-Correlation-Id"]) == 48
+
+
+def test_the_access_log_line_has_path_status_and_correlation_id_and_no_query_credentials_or_referer(gateway,
+                                                                                                    log_dir):
+    """Query strings carry API keys and signed-URL tokens; gunicorn's default access line would log them, the
+    Basic-auth user and the Referer. The gateway's line: client, time, method, path, protocol, status, bytes,
+    milliseconds and the correlation id."""
+    import base64
+
+    path = f"/echo/access/{uuid.uuid4().hex}"
+    basic = base64.b64encode(b"alice:pw-SECRET-1").decode()
+    r = requests.get(gateway.url + path, params={"api_key": "q-SECRET-2", "x": "1"},
+                     headers={"Authorization": f"Basic {basic}", "Referer": "https://app/?token=r-SECRET-3",
+                              "Cookie": "session=c-SECRET-4"}, timeout=15)
+    assert r.status_code == 200 and r.json()["query"]["api_key"] == ["q-SECRET-2"]   # the service got them all
+    access = log_dir / "access.log"
+    wait_until(lambda: access.exists() and path in access.read_text(), 10, 0.05, "the request's access log line")
+    text = access.read_text()
+    line = next(ln for ln in text.splitlines() if path in ln)
+    assert f'"GET {path} HTTP/1.1" 200 ' in line, line
+    assert line.endswith(f"ms cid={r.headers['X-Correlation-Id']}"), line
+    assert "SECRET" not in text and "alice" not in text and "api_key" not in text, line

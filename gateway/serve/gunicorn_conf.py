@@ -20,9 +20,9 @@ from typing import Any
 
 from gateway.serve import use_packaged_defaults
 
-__all__ = ["accesslog", "bind", "child_exit", "control_socket_disable", "graceful_timeout", "keepalive", "loglevel",
-           "on_starting", "post_worker_init", "timeout", "worker_class", "worker_connections", "worker_exit",
-           "workers"]
+__all__ = ["access_log_format", "accesslog", "bind", "child_exit", "control_socket_disable", "graceful_timeout",
+           "keepalive", "loglevel", "on_starting", "post_worker_init", "timeout", "worker_class", "worker_connections",
+           "worker_exit", "workers"]
 
 use_packaged_defaults()
 
@@ -37,6 +37,10 @@ control_socket_disable = True  # several gateways on one host must not fight ove
 timeout = 60
 graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_TIMEOUT", "30"))
 accesslog = os.environ.get("GATEWAY_ACCESS_LOG") or None
+# gunicorn's default line has the whole request target (query strings carry API keys and signed-URL tokens), the
+# Basic-auth user and the Referer (another URL with its query): this one has the path, the status, the time and the
+# correlation id that ties the line to the request's Kafka records. `--access-logformat` on the command line wins.
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms cid=%({x-correlation-id}o)s'
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
 
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
