@@ -197,8 +197,8 @@ def budget(target_rps: float, gw: CellResult, least_ms: float, cores: int | None
             f"broker, echo and wrk take {others:.2f} (as in the gateway's cell), leaving the workers {left:.2f} ms "
             f"against {least_ms:.2f} for HTTP alone + kafka-python alone: {verdict}. At the {spent:.2f} ms the "
             f"gateway's cell spent per request (workers included) the {cores} cores serve at most {cap:.0f} req/s "
-            f"({cap / target_rps:.2f}×); it served {gw.rps:.0f} with the machine at {gw.cpu.get('machine', 0):.0f}% "
-            f"of {100 * cores}%: the rest of the gap is waiting, not CPU")
+            f"({cap / target_rps:.2f}× the baseline's); it served {gw.rps:.0f} with the machine at "
+            f"{gw.cpu.get('machine', 0):.0f}% of {100 * cores}%: the difference is waiting (on the broker), not CPU")
 
 
 def _order(item: tuple[Cell, CellResult]) -> tuple[int, int, int]:

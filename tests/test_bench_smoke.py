@@ -101,7 +101,8 @@ def test_the_report_says_whether_the_baselines_rate_fits_the_machines_cpu_at_all
         "machine: less than HTTP and kafka-python alone cost." in line, line
     # spent: 0.35 + workers 100% at 2000 req/s = 0.50 + 0.35 = 0.85 ms: 2 cores serve at most 2353 req/s
     assert "At the 0.85 ms the gateway's cell spent per request (workers included) the 2 cores serve at most 2353 " \
-        "req/s (0.74×); it served 2000 with the machine at 170% of 200%" in line, line
+        "req/s (0.74× the baseline's); it served 2000 with the machine at 170% of 200%: the difference is waiting" \
+        in line, line
     assert "within reach of the CPU." in budget(1000, gw, least_ms=0.45, cores=2)   # 2.0 - 0.35 = 1.65 left
     lines = obstacles({Cell("gateway", 1, 64): gw, Cell("ceiling", 0, 64): cell(6000, {"workers": 150}),
                        Cell("floor", 1, 64): cell(1600, {"floor client": 40}),
