@@ -117,6 +117,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         # of a core (at 10 ms: ~11%; bench/README.md, "Idle"). The SDK's default (500) is Apache Kafka's, where a
         # fetch returns as soon as a request arrives.
         env.setdefault("KAFKA_FETCH_MAX_WAIT_MS", "200")
+        # ... and while requests come (until 5 s after the last), 10: answered in ~10 ms, not ~100 (gateway_sdk.runner)
+        env.setdefault("KAFKA_FETCH_MAX_WAIT_BUSY_MS", "10")
         print(f"embedded broker on {broker.bootstrap}", flush=True)
     try:
         return _dev(args, env)

@@ -28,6 +28,21 @@ def test_request_rejoin_reaches_the_coordinator(consumer: Any) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_set_fetch_wait_changes_the_wait_the_fetcher_builds_its_next_requests_with(consumer: Any) -> None:
+    import inspect
+
+    from kafka.consumer.fetcher import Fetcher
+
+    from gateway_sdk.clients import set_fetch_wait
+
+    assert consumer._fetcher.config["fetch_max_wait_ms"] == 500
+    set_fetch_wait(consumer, 7)
+    assert consumer._fetcher.config["fetch_max_wait_ms"] == 7
+    # read from that dict each time a fetch request is built (not copied once at start)
+    assert "max_wait_ms=self.config['fetch_max_wait_ms']" in inspect.getsource(Fetcher)
+
+
+@pytest.mark.timeout(60)
 def test_request_metadata_update_marks_the_producer_metadata_stale(broker: Any) -> None:
     from kafka import KafkaProducer
 

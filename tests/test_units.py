@@ -420,3 +420,31 @@ def test_reply_reader_puts_the_next_fetch_out_before_answering_a_lone_waiter_onl
     else:
         assert second == (interval, [True, False]), consumer.calls   # woken first, then the usual poll
     assert all(timeout == interval for timeout, _ in consumer.calls[2:]), consumer.calls
+
+
+def test_the_services_fetch_wait_is_short_while_requests_come_and_long_when_idle():
+    from types import SimpleNamespace
+
+    from gateway_sdk.runner import FetchWait
+
+    consumer = SimpleNamespace(_fetcher=SimpleNamespace(config={"fetch_max_wait_ms": 200}))
+    wait = FetchWait(idle_ms=200, busy_ms=10, hold_s=5.0)
+    seen = []
+
+    def poll(got: bool, now: float) -> None:
+        wait.after_poll(consumer, got, now)
+        seen.append(consumer._fetcher.config["fetch_max_wait_ms"])
+
+    poll(False, 100.0)          # idle: stays long
+    poll(True, 101.0)           # a request: short from the next fetch on
+    poll(False, 103.0)          # within the hold
+    poll(True, 105.5)           # another request extends it
+    poll(False, 110.4)          # 4.9 s after it: still short
+    poll(False, 110.6)          # 5.1 s: long again
+    assert seen == [200, 10, 10, 10, 10, 200]
+    wait.reset()                # a new consumer is built with the idle wait
+    assert wait.current == 200
+    same = FetchWait(idle_ms=500, busy_ms=500)
+    consumer._fetcher.config["fetch_max_wait_ms"] = 500
+    same.after_poll(consumer, True, 1.0)
+    assert consumer._fetcher.config["fetch_max_wait_ms"] == 500 and same.current == 500

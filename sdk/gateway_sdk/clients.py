@@ -14,7 +14,7 @@ from kafka.errors import (
 )
 
 __all__ = ["CLIENT_SETTINGS", "FATAL_PRODUCER_ERRORS", "ZERO_ID", "is_fatal_producer_error", "producer_settings",
-           "request_rejoin", "topic_id"]
+           "request_rejoin", "set_fetch_wait", "topic_id"]
 
 ZERO_ID = "00000000-0000-0000-0000-000000000000"   # what brokers without KIP-516 answer, if anything
 
@@ -56,6 +56,14 @@ def topic_id(desc: dict[str, Any]) -> str | None:
 def request_rejoin(consumer: Any) -> None:
     """Ask the group coordinator for a rejoin. kafka-python has no public way to, and can stay "rebalancing"
     without rejoining after a subscription or metadata change (the gateway's docs/broker.md, "Rejoin stuck"): the
-    group watchdogs (the SDK's runner, the gateway's reply-group member) nudge it. The one reach into a private
-    attribute of kafka-python; the gateway's tests/test_library_internals.py fails if an upgrade removes it."""
+    group watchdogs (the SDK's runner, the gateway's reply-group member) nudge it. A reach into a private attribute
+    of kafka-python (like :func:`set_fetch_wait`); the gateway's tests/test_library_internals.py fails if an upgrade
+    removes it."""
     consumer._coordinator.request_rejoin()  # noqa: SLF001 - no public equivalent
+
+
+def set_fetch_wait(consumer: Any, ms: int) -> None:
+    """The ``fetch_max_wait_ms`` of the consumer's next fetch requests. kafka-python reads it from its fetcher's
+    settings each time it builds one and has no public setter; the gateway's tests/test_library_internals.py fails
+    if an upgrade moves it."""
+    consumer._fetcher.config["fetch_max_wait_ms"] = ms  # noqa: SLF001 - no public equivalent
