@@ -448,3 +448,19 @@ def test_the_services_fetch_wait_is_short_while_requests_come_and_long_when_idle
     consumer._fetcher.config["fetch_max_wait_ms"] = 500
     same.after_poll(consumer, True, 1.0)
     assert consumer._fetcher.config["fetch_max_wait_ms"] == 500 and same.current == 500
+
+
+def test_a_services_busy_fetch_wait_defaults_to_its_own_fetch_wait(monkeypatch):
+    from gateway_sdk.runner import Runner
+
+    monkeypatch.delenv("KAFKA_FETCH_MAX_WAIT_BUSY_MS", raising=False)
+    monkeypatch.setenv("KAFKA_FETCH_MAX_WAIT_MS", "300")
+    wait = Runner(Responder("a", "a.requests")).fetch_wait
+    assert (wait.idle_ms, wait.busy_ms) == (300, 300)
+    wait = Runner(Responder("b", "b.requests", fetch_max_wait_ms=100)).fetch_wait   # a setting of its own
+    assert (wait.idle_ms, wait.busy_ms) == (100, 100)
+    monkeypatch.setenv("KAFKA_FETCH_MAX_WAIT_BUSY_MS", "10")
+    wait = Runner(Responder("c", "c.requests")).fetch_wait
+    assert (wait.idle_ms, wait.busy_ms) == (300, 10)
+    wait = Runner(Responder("d", "d.requests", fetch_max_wait_busy_ms=20)).fetch_wait
+    assert (wait.idle_ms, wait.busy_ms) == (300, 20)

@@ -118,10 +118,11 @@ class Responder:
         # 500: right for Apache Kafka (a fetch returns as soon as a request arrives); the embedded broker answers
         # only at half the wait, so `./dev run` and the tests set KAFKA_FETCH_MAX_WAIT_MS lower (gateway.cli)
         self.fetch_max_wait_ms = int(os.environ.get("KAFKA_FETCH_MAX_WAIT_MS", 500))
-        # the fetch wait while requests come (until gateway_sdk.runner.BUSY_HOLD_S after the last): the same by
+        # the fetch wait while requests come (until gateway_sdk.runner.BUSY_HOLD_S after the last): the idle one by
         # default; `./dev run` sets 10 so that a service on the embedded broker answers fast while used and idles
         # at the longer wait's cost
-        self.fetch_max_wait_busy_ms = int(os.environ.get("KAFKA_FETCH_MAX_WAIT_BUSY_MS", self.fetch_max_wait_ms))
+        busy = os.environ.get("KAFKA_FETCH_MAX_WAIT_BUSY_MS")
+        self.fetch_max_wait_busy_ms: int | None = int(busy) if busy else None   # None: the fetch wait itself
         self.acks = acks
         self.enable_idempotence = (_env_flag("KAFKA_ENABLE_IDEMPOTENCE", True) if enable_idempotence is None
                                    else enable_idempotence)

@@ -146,8 +146,8 @@ class Runner:
         settings = dict(svc.kafka_settings)
         self.session_ms = int(settings.pop("session_timeout_ms", svc.session_timeout_ms))
         self.fetch_max_wait_ms = int(settings.pop("fetch_max_wait_ms", svc.fetch_max_wait_ms))
-        self.fetch_wait = FetchWait(self.fetch_max_wait_ms,
-                                    int(settings.pop("fetch_max_wait_busy_ms", svc.fetch_max_wait_busy_ms)))
+        busy = settings.pop("fetch_max_wait_busy_ms", svc.fetch_max_wait_busy_ms)
+        self.fetch_wait = FetchWait(self.fetch_max_wait_ms, self.fetch_max_wait_ms if busy is None else int(busy))
         common = {"bootstrap_servers": svc.bootstrap_servers, "client_id": f"{svc.name}-service", **settings}
         self.consumer_kwargs, self.producer_kwargs, self.admin_kwargs = split_settings(common)
         self.consumer: Any = None
